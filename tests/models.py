@@ -1,0 +1,45 @@
+"""Tiny real transformers models for tests: the layouts the tracer must handle."""
+import torch
+import torch.nn as nn
+from transformers import (Qwen2AudioConfig, Qwen2AudioEncoder, Qwen2Config, Qwen2ForCausalLM,
+                          WhisperConfig, WhisperForConditionalGeneration)
+from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioMultiModalProjector
+
+from tracer.loading import BUILTIN_MODEL_DIR, load_builtin
+
+
+def builtin_model():
+    """The CLI's default model: real Qwen2AudioForConditionalGeneration, seed 0, float32 on CPU."""
+    return load_builtin(torch.device("cpu"), torch.float32).model
+
+
+def builtin_loaded():
+    return load_builtin(torch.device("cpu"), torch.float32)
+
+
+class LegacyQwen2Audio(nn.Module):
+    """The transformers 4.x layout: tower, projector and a *ForCausalLM at the top level."""
+
+    def __init__(self):
+        super().__init__()
+        config = Qwen2AudioConfig.from_pretrained(BUILTIN_MODEL_DIR)
+        self.config = config
+        self.audio_tower = Qwen2AudioEncoder(config.audio_config)
+        self.multi_modal_projector = Qwen2AudioMultiModalProjector(config)
+        self.language_model = Qwen2ForCausalLM(config.text_config)
+
+
+def text_only_lm(tied=True):
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         intermediate_size=64, vocab_size=100, tie_word_embeddings=tied)
+    return Qwen2ForCausalLM(config)
+
+
+def whisper():
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
+                           num_mel_bins=80, max_source_positions=1500, max_target_positions=64,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+    return WhisperForConditionalGeneration(config)

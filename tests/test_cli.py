@@ -1,0 +1,106 @@
+"""The CLI through main([...]) and once as a subprocess: output, JSON, exit codes, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from tracer.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_does_not_import_torch(root):
+    code = ("import sys\nfrom tracer.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("heavy: []")
+
+
+def test_bin_trace_subprocess_static_only(root, tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run([os.path.join(root, "bin", "trace"), "--static-only", "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM weights" in proc.stdout and "[STEP 8]" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1
+    assert data["static"]["audio_encoder"]["path"] == "model.audio_tower"
+    assert data["static"]["strategy"]["chosen"] == "audio_tower"
+
+
+def test_7b_config_json_contract(capsys, root, tmp_path):
+    out = tmp_path / "7b.json"
+    code, stdout, _ = run_cli(capsys, "--config", f"{root}/samples/qwen2-audio-7b.json", "--static-only",
+                              "--json", str(out))
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["model"]["params_total"] == 8_397_094_912
+    assert data["model"]["device"] == "meta"
+    static = data["static"]
+    assert set(static) >= {"top_level", "audio_encoder", "language_model", "config", "tree", "components",
+                           "lora_candidates", "strategy"}
+    assert static["components"]["language_model"] == 7_115_771_904
+    assert static["audio_encoder"]["class"] == "Qwen2AudioEncoder"
+    assert static["tree"][0] == {"path": "", "class": "Qwen2AudioForConditionalGeneration",
+                                 "params": 8_397_094_912, "depth": 0}
+    assert static["strategy"]["lora_targets"] == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert "0-31 ×32: Qwen2AudioEncoderLayer" in stdout
+
+
+def test_model_dir_saved_with_save_pretrained(capsys, tmp_path):
+    loaded = models.builtin_loaded()
+    loaded.model.save_pretrained(tmp_path / "ckpt")
+    loaded.processor.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").exists()
+    out = tmp_path / "r.json"
+    code, stdout, _ = run_cli(capsys, "--model", str(tmp_path / "ckpt"), "--static-only", "--json", str(out))
+    assert code == 0, stdout
+    assert "RANDOM weights" not in stdout
+    data = json.loads(out.read_text())
+    assert data["model"]["params_total"] == sum(p.numel() for p in loaded.model.parameters())
+    assert data["static"]["audio_encoder"]["num_layers"] == 2
+
+
+def _bad_dirs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pickled = tmp_path / "pickled"
+    models.builtin_model().config.save_pretrained(pickled)
+    torch.save({}, pickled / "pytorch_model.bin")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"model_type": "no_such_model"}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    return empty, pickled, unknown, broken
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "{tmp}/missing"], "--model {tmp}/missing: no such directory"),
+    (["--model", "{tmp}/empty"], "--model {tmp}/empty: no config.json in {tmp}/empty"),
+    (["--model", "{tmp}/pickled"], "only pickle weights (.bin) found"),
+    (["--model", "nobody/no-such-model"], "not in the local Hugging Face cache"),
+    (["--config", "{tmp}/missing.json", "--static-only"], "--config {tmp}/missing.json: no such file"),
+    (["--config", "{tmp}/unknown.json", "--static-only"], "unknown model_type 'no_such_model'"),
+    (["--config", "{tmp}/broken.json", "--static-only"], "not valid JSON"),
+    (["--static-only", "--dtype", "float8"], "--dtype 'float8': choose one of auto, float32"),
+    (["--static-only", "--device", "tpu"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
+    (["--static-only", "--json", "{tmp}"], "is a directory"),
+    (["--static-only", "--json", "{tmp}/no/dir/x.json"], "does not exist"),
+])
+def test_bad_input_one_line_exit_2(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _bad_dirs(tmp_path)
+    code, out, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert message.format(tmp=tmp_path) in lines[0]
+    assert "Traceback" not in err

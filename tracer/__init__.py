@@ -1,0 +1,19 @@
+"""tracer: a runtime tracer for audio-language models (Qwen2-Audio first).
+
+Heavy imports (torch, transformers, peft) are deferred so ``bin/trace --help`` stays fast.
+"""
+__version__ = "0.1.0"
+__all__ = ["Tracer", "static_report", "TracerError"]
+
+
+def __getattr__(name):
+    if name == "Tracer":
+        from .hooks import Tracer
+        return Tracer
+    if name == "static_report":
+        from .discovery import static_report
+        return static_report
+    if name == "TracerError":
+        from .errors import TracerError
+        return TracerError
+    raise AttributeError(f"module 'tracer' has no attribute {name!r}")

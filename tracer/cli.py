@@ -1,0 +1,104 @@
+"""Command line: argparse and exit codes only. Heavy imports happen after parsing so --help is instant."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, TracerError
+
+DESCRIPTION = """\
+Trace an audio-language model on a real clip: a static structure report (8 steps), then
+forward and backward hooks on every submodule while the clip runs through both encoding
+strategies (audio_tower, full_forward).
+
+With no --model, a built-in tiny Qwen2-Audio (random weights, real transformers classes)
+and the shipped clip samples/sample.wav are used, offline."""
+
+EPILOG = """\
+examples:
+  bin/trace samples/sample.wav
+  bin/trace my.flac --model Qwen/Qwen2-Audio-7B-Instruct --device cuda
+  bin/trace --config samples/qwen2-audio-7b.json --static-only --json out.json
+
+exit codes: 0 ok, 2 bad input or usage, 3 a strategy failed (the rest reported), 1 unexpected"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trace", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("clip", nargs="?", help="audio file (default: samples/sample.wav)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", metavar="ID_OR_DIR",
+                       help="checkpoint directory, or a hub id already in the local cache (no downloads)")
+    model.add_argument("--config", metavar="FILE",
+                       help="build a model from a config.json alone (random weights; on meta with --static-only)")
+    model.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, "
+                                                       "bfloat16, float16")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="allow a checkpoint's own Python code to run (off by default)")
+    model.add_argument("--allow-pickle", action="store_true",
+                       help="allow pickle weights (.bin); refused by default since unpickling can run code")
+    out = p.add_argument_group("output")
+    out.add_argument("--static-only", action="store_true", help="print the static report only; run nothing")
+    out.add_argument("--depth", type=int, default=4, help="module tree depth in the text report (default 4)")
+    out.add_argument("--json", metavar="FILE", help="write the full record as JSON (schema_version 1)")
+    out.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except TracerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place unexpected errors become an exit code
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+def _validate(args) -> None:
+    """Cheap checks before any heavy import or model load."""
+    from .loading import DTYPES, check_output_path
+    if args.depth < 0:
+        raise TracerError(f"--depth {args.depth}: must be 0 or more")
+    if args.dtype not in DTYPES:
+        raise TracerError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if args.json:
+        check_output_path(args.json, "--json")
+
+
+def _run(args) -> int:
+    _validate(args)
+    from .discovery import static_report
+    from .loading import load_model, resolve_device, resolve_dtype
+    from .reporting import SCHEMA_VERSION, render_static, write_json_atomic
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    loaded = load_model(args.model, args.config, device=device, dtype=dtype, static_only=args.static_only,
+                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+    if loaded.source == "builtin":
+        print("note: built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
+              "noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
+    report = static_report(loaded.model)
+    print(render_static(report, depth=args.depth))
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": loaded.name, "class": report.model_class, "module": report.model_module,
+                  "dtype": str(dtype).replace("torch.", ""), "device": "meta" if loaded.on_meta else str(device),
+                  "params_total": report.params_total, "params_trainable": report.params_trainable},
+        "static": report.to_dict(),
+    }
+    if args.json:
+        write_json_atomic(args.json, payload)
+        print(f"\nwrote {args.json}")
+    return EXIT_OK

@@ -1,0 +1,200 @@
+"""Loading: the model (built-in tiny, local dir, hub cache, or a bare config on meta) and its processor."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import TracerError
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+BUILTIN_MODEL_DIR = SAMPLES_DIR / "tiny-qwen2-audio"
+BUILTIN_CLIP = SAMPLES_DIR / "sample.wav"
+BUILTIN_SEED = 0
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace, with what the report must say about where it came from."""
+    model: Any
+    processor: Any | None
+    name: str
+    source: str  # "builtin" | "dir" | "hub" | "config"
+    random_weights: bool
+    on_meta: bool
+
+
+def resolve_device(spec: str):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' → torch.device, checked against this machine."""
+    import torch
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise TracerError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
+        index = spec.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise TracerError(f"--device {spec}: no such GPU (this machine has {torch.cuda.device_count()})")
+        return torch.device(spec)
+    raise TracerError(f"--device {spec!r}: choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(spec: str, device):
+    """'auto' is bfloat16 on CUDA (what LoRA fine-tunes use) and float32 on CPU."""
+    import torch
+    if spec not in DTYPES:
+        raise TracerError(f"--dtype {spec!r}: choose one of {', '.join(DTYPES)}")
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, spec)
+
+
+def load_builtin(device, dtype) -> LoadedModel:
+    """The real Qwen2AudioForConditionalGeneration from the shipped tiny config, random weights, seed 0."""
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+    config = Qwen2AudioConfig.from_pretrained(BUILTIN_MODEL_DIR)
+    torch.manual_seed(BUILTIN_SEED)
+    model = Qwen2AudioForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
+    return LoadedModel(model, processor, "builtin tiny Qwen2-Audio", "builtin", True, False)
+
+
+def load_model(model: str | None = None, config: str | None = None, *, device, dtype,
+               static_only: bool = False, trust_remote_code: bool = False,
+               allow_pickle: bool = False) -> LoadedModel:
+    """Load what the CLI flags name. Raises TracerError with a one-line reason on bad input."""
+    if model and config:
+        raise TracerError("--model and --config exclude each other: --config builds a model from a config file alone")
+    if config:
+        return _build_from_config_file(config, device, dtype, static_only, trust_remote_code)
+    if model:
+        directory, source = _resolve_model_dir(model)
+        return _load_pretrained(directory, model, source, device, dtype, trust_remote_code, allow_pickle)
+    return load_builtin(device, dtype)
+
+
+def _resolve_model_dir(spec: str) -> tuple[Path, str]:
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TracerError(f"--model {spec}: not a directory (pass a checkpoint directory or a hub id)")
+        return path, "dir"
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        raise TracerError(f"--model {spec}: no such directory")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(repo_id=spec, local_files_only=True)), "hub"
+    except Exception:  # noqa: BLE001 - any failure here means "not cached"
+        raise TracerError(f"--model {spec}: not in the local Hugging Face cache, and this tool does not download; "
+                          f"run `huggingface-cli download {spec}` where the hub is reachable, or pass a directory") from None
+
+
+def _load_config(path: Path, trust_remote_code: bool):
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise TracerError(f"{path}: this checkpoint ships its own code; rerun with --trust-remote-code "
+                              "if you trust it") from None
+        raise TracerError(f"{path}: {_first_line(e)}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise TracerError(f"{path}: cannot read config.json ({_first_line(e)})") from None
+
+
+def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
+                     trust_remote_code: bool, allow_pickle: bool) -> LoadedModel:
+    if not (directory / "config.json").is_file():
+        raise TracerError(f"--model {name}: no config.json in {directory}")
+    config = _load_config(directory, trust_remote_code)
+    files = [p.name for p in directory.iterdir()]
+    has_safetensors = any(f.endswith(".safetensors") for f in files)
+    has_pickle = any(f.endswith(PICKLE_SUFFIXES) for f in files)
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise TracerError(f"--model {name}: only pickle weights (.bin) found; unpickling can run arbitrary code, "
+                          "so pass --allow-pickle if you trust this checkpoint")
+    if not has_safetensors and not has_pickle:
+        raise TracerError(f"--model {name}: no weights (*.safetensors) in {directory}")
+    model_cls = _model_class(config, trust_remote_code)
+    try:
+        model = model_cls.from_pretrained(directory, dtype=dtype, use_safetensors=has_safetensors or None,
+                                          trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - mismatched or corrupt weights surface here in many types
+        raise TracerError(f"--model {name}: cannot load weights ({_first_line(e)})") from None
+    model = model.to(device).eval()
+    return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, False)
+
+
+def _load_processor(directory: Path, trust_remote_code: bool):
+    from transformers import AutoFeatureExtractor, AutoProcessor
+    for loader in (AutoProcessor, AutoFeatureExtractor):
+        try:
+            return loader.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        except Exception:  # noqa: BLE001 - a checkpoint without a processor is legal
+            continue
+    return None
+
+
+def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_remote_code: bool) -> LoadedModel:
+    import torch
+    from transformers import AutoConfig
+    file = Path(path)
+    if not file.is_file():
+        raise TracerError(f"--config {path}: no such file")
+    try:
+        values = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TracerError(f"--config {path}: not valid JSON ({_first_line(e)})") from None
+    if not isinstance(values, dict) or "model_type" not in values:
+        raise TracerError(f"--config {path}: no 'model_type' key (is this a transformers config.json?)")
+    model_type = values.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+    except (ValueError, KeyError) as e:
+        raise TracerError(f"--config {path}: unknown model_type {model_type!r} ({_first_line(e)})") from None
+    model_cls = _model_class(config, trust_remote_code)
+    # NB: on meta no memory is allocated, so a 7B config reports in seconds.
+    target = torch.device("meta") if static_only else device
+    if not static_only:
+        torch.manual_seed(BUILTIN_SEED)
+    with target:
+        model = model_cls._from_config(config, dtype=dtype)
+    return LoadedModel(model.eval(), None, file.name, "config", True, static_only)
+
+
+def _model_class(config, trust_remote_code: bool):
+    import transformers
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    for auto_name in ("AutoModelForCausalLM", "AutoModelForSpeechSeq2Seq", "AutoModel"):
+        auto = getattr(transformers, auto_name)
+        if type(config) in auto._model_mapping:
+            return auto._model_mapping[type(config)]
+    raise TracerError(f"no model class for config {type(config).__name__} "
+                      f"(model_type {getattr(config, 'model_type', '?')!r})")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Fail before any heavy work if an output file could not be written."""
+    target = Path(path)
+    if target.is_dir():
+        raise TracerError(f"{flag} {path}: is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise TracerError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise TracerError(f"{flag} {path}: directory {parent} is not writable")

@@ -1,0 +1,150 @@
+"""Reporting: render records as text (tabulate) and write JSON atomically. The only place that formats."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .discovery import COMPONENTS, StaticReport
+
+SCHEMA_VERSION = 1
+
+
+def _n(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "-" if value is None else str(value)
+    return f"{value:,}"
+
+
+def _section(number: int, title: str) -> str:
+    return f"\n[STEP {number}] {title}"
+
+
+def render_static(report: StaticReport, depth: int = 4) -> str:
+    """The 8 steps of the static structure report as plain text."""
+    out = []
+    out.append(_section(1, "Model class and module"))
+    out.append(tabulate([["class", report.model_class], ["module", report.model_module],
+                         ["parameters", f"{_n(report.params_total)} total, {_n(report.params_trainable)} trainable"]],
+                        tablefmt="plain"))
+
+    out.append(_section(2, "Top-level attributes"))
+    rows = [[a.name, "module" if a.is_module else "config", a.cls, _n(a.params) if a.is_module else ""]
+            for a in report.top_level]
+    out.append(tabulate(rows, headers=["name", "kind", "class", "params"], tablefmt="simple"))
+
+    out.append(_section(3, "Audio encoder"))
+    enc = report.audio_encoder
+    if enc is None:
+        out.append("  none found (searched names " "audio_tower, audio_encoder, audio_model, speech_encoder, … "
+                   "and classes *AudioEncoder/*SpeechEncoder/WhisperEncoder)")
+    else:
+        out.append(f"  found {enc.path}: {enc.cls}  (by {enc.found_by})")
+        out.append(f"  layers: {enc.num_layers} × {enc.layer_class}, hidden size {_n(enc.hidden_size)}")
+        out.append("  submodules: " + ", ".join(f"{n} ({c})" for n, c in enc.submodules))
+        out.append("  first layer: " + ", ".join(f"{n} ({c})" for n, c in enc.layer_children))
+
+    out.append(_section(4, "Language model"))
+    lm = report.language_model
+    if lm is None:
+        out.append("  none found")
+    else:
+        out.append(f"  found {lm.path}: {lm.cls}  (by {lm.found_by})")
+        out.append(f"  layers: {lm.num_layers}, hidden size {_n(lm.hidden_size)}")
+
+    out.append(_section(5, "Config analysis"))
+    out.append(_render_config(report.config))
+
+    out.append(_section(6, f"Module tree (depth ≤ {depth}; repeated layers collapsed)"))
+    out.append(render_tree(report.tree, depth))
+    out.append("  by component: " + ", ".join(f"{c} {_n(report.components[c])}" for c in COMPONENTS))
+    for path, shares_with in report.shared_parameters:
+        out.append(f"  shared: {path} is {shares_with} (counted once)")
+
+    out.append(_section(7, "LoRA candidates (Linear leaves by name and component)"))
+    rows = [[name] + [_n(per.get(c)) if per.get(c) else "" for c in COMPONENTS]
+            + [report.lora_examples[name][0]] for name, per in report.lora_candidates.items()]
+    out.append(tabulate(rows, headers=["name", *COMPONENTS, "e.g."], tablefmt="simple"))
+    for gap in report.target_gaps:
+        hint = f"; it uses {' / '.join(gap.use_instead)}" if gap.use_instead else ""
+        out.append(f"  ! '{gap.name}' matches nothing in {gap.component}{hint}")
+
+    out.append(_section(8, "Encoding strategy"))
+    s = report.strategy
+    out.append(f"  chosen: {s.chosen}")
+    out.append(f"  reason: {s.reason}")
+    out.append(f"  encoding hidden size: {_n(s.hidden_size)}")
+    out.append(f"  LoRA target names in what it runs: {', '.join(s.lora_targets) or 'none'}")
+    return "\n".join(out)
+
+
+def _render_config(config: dict) -> str:
+    if not config:
+        return "  no config object"
+    columns = [("model", config["values"])] + [(k, v["values"]) for k, v in config["sub_configs"].items()]
+    keys = list(dict.fromkeys(k for _, values in columns for k in values))
+    rows = [[key] + [_n(values.get(key)) if key in values else "" for _, values in columns] for key in keys]
+    classes = [config["class"]] + [v["class"] for v in config["sub_configs"].values()]
+    headers = ["key"] + [f"{name} ({cls})" for (name, _), cls in zip(columns, classes)]
+    return tabulate(rows, headers=headers, tablefmt="simple")
+
+
+def render_tree(tree: list, depth: int) -> str:
+    """Indented tree; siblings ``0..N`` of one class and size collapse into ``0-N ×N+1``."""
+    children: dict[str, list] = {}
+    for row in tree:
+        if row.path:
+            parent = row.path.rpartition(".")[0]
+            children.setdefault(parent, []).append(row)
+    root = tree[0]
+    lines = [[f"{root.cls}", _n(root.params)]]
+
+    def walk(path: str, prefix: str, level: int) -> None:
+        if level > depth:
+            return
+        kids = _collapse_siblings(children.get(path, []))
+        for i, (row, label, count) in enumerate(kids):
+            last = i == len(kids) - 1
+            params = _n(row.params) + (" each" if count > 1 else "")
+            lines.append([f"{prefix}{'└── ' if last else '├── '}{label}: {row.cls}", params])
+            walk(row.path, prefix + ("    " if last else "│   "), level + 1)
+
+    walk("", "  ", 1)
+    return tabulate(lines, headers=["module", "params"], tablefmt="plain", disable_numparse=True,
+                    colalign=("left", "right"))
+
+
+def _collapse_siblings(rows: list) -> list:
+    out, i = [], 0
+    while i < len(rows):
+        row = rows[i]
+        name = row.path.rpartition(".")[2]
+        j = i + 1
+        if name.isdigit():
+            while (j < len(rows) and rows[j].path.rpartition(".")[2].isdigit()
+                   and rows[j].cls == row.cls and rows[j].params == row.params):
+                j += 1
+        if j - i > 1:
+            last = rows[j - 1].path.rpartition(".")[2]
+            out.append((row, f"{name}-{last} ×{j - i}", j - i))
+        else:
+            out.append((row, name, 1))
+        i = j
+    return out
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Temp file in the same directory, then rename: a reader never sees half a file."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, default=str)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
