@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, TracerError
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a checkpoint's own Python code to run (off by default)")
     model.add_argument("--allow-pickle", action="store_true",
                        help="allow pickle weights (.bin); refused by default since unpickling can run code")
+    clip = p.add_argument_group("clip and prompt")
+    clip.add_argument("--offset", type=float, default=0.0, metavar="S",
+                      help="start of the window read from the clip, in seconds (default 0)")
+    clip.add_argument("--duration", type=float, metavar="S",
+                      help="length of the window (default and maximum: what the model sees, 30 s for Qwen2-Audio)")
+    clip.add_argument("--prompt", default=None, help="user instruction after the audio (default: "
+                                                     "'Transcribe the audio.')")
+    clip.add_argument("--target", default=None, help="the answer the LM loss of full_forward is computed on")
     out = p.add_argument_group("output")
     out.add_argument("--static-only", action="store_true", help="print the static report only; run nothing")
     out.add_argument("--depth", type=int, default=4, help="module tree depth in the text report (default 4)")
@@ -74,13 +83,20 @@ def _validate(args) -> None:
         raise TracerError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     if args.json:
         check_output_path(args.json, "--json")
+    if args.clip or not args.static_only:
+        from .audio import check_clip_args
+        from .loading import BUILTIN_CLIP
+        if not args.clip:
+            shown = os.path.relpath(BUILTIN_CLIP)
+            args.clip = str(BUILTIN_CLIP) if shown.startswith("..") else shown
+        check_clip_args(args.clip, args.offset, args.duration)
 
 
 def _run(args) -> int:
     _validate(args)
     from .discovery import static_report
     from .loading import load_model, resolve_device, resolve_dtype
-    from .reporting import SCHEMA_VERSION, render_static, write_json_atomic
+    from .reporting import SCHEMA_VERSION, clip_record, render_clip, render_static, write_json_atomic
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -91,6 +107,10 @@ def _run(args) -> int:
               "noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
     report = static_report(loaded.model)
     print(render_static(report, depth=args.depth))
+    clip = inputs = None
+    if args.clip:
+        clip, inputs = _load_inputs(args, loaded, report)
+        print(render_clip(clip.info, inputs))
     payload = {
         "schema_version": SCHEMA_VERSION,
         "model": {"name": loaded.name, "class": report.model_class, "module": report.model_module,
@@ -98,7 +118,26 @@ def _run(args) -> int:
                   "params_total": report.params_total, "params_trainable": report.params_trainable},
         "static": report.to_dict(),
     }
+    if clip is not None:
+        payload["clip"] = clip_record(clip.info, inputs)
     if args.json:
         write_json_atomic(args.json, payload)
         print(f"\nwrote {args.json}")
     return EXIT_OK
+
+
+def _load_inputs(args, loaded, report):
+    from .audio import load_clip
+    from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_inputs
+    from .loading import processor_for
+    processor, note = processor_for(loaded)
+    if note:
+        print(f"note: {note}")
+    fe = feature_extractor_of(processor)
+    clip = load_clip(args.clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", 30)),
+                     offset=args.offset, duration=args.duration)
+    modules = dict(loaded.model.named_modules())
+    encoder = modules[report.audio_encoder.path] if report.audio_encoder else None
+    inputs = prepare_inputs(processor, loaded.model, encoder, clip, prompt=args.prompt or DEFAULT_PROMPT,
+                            target=args.target or DEFAULT_TARGET)
+    return clip, inputs

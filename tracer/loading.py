@@ -142,6 +142,15 @@ def _load_processor(directory: Path, trust_remote_code: bool):
     return None
 
 
+def processor_for(loaded: LoadedModel):
+    """The checkpoint's processor, else the built-in tiny model's (WhisperFeatureExtractor, 128 mels)."""
+    if loaded.processor is not None:
+        return loaded.processor, None
+    from transformers import AutoProcessor
+    return (AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR),
+            "this model has no processor: using the built-in one (WhisperFeatureExtractor, 128 mels)")
+
+
 def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_remote_code: bool) -> LoadedModel:
     import torch
     from transformers import AutoConfig

@@ -148,3 +148,34 @@ def write_json_atomic(path: str, payload: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def clip_record(info, inputs) -> dict:
+    """The JSON "clip" object: the file, what was done to it, and its cost in frames and tokens."""
+    acc = inputs.accounting
+    return {**info.to_dict(), "mel_frames": acc.mel_frames, "mel_frames_padded": acc.mel_frames_padded,
+            "encoder_frames": acc.encoder_frames, "audio_tokens": acc.audio_tokens,
+            "padded_fraction": acc.padded_fraction, "length_function": acc.length_function,
+            "template": inputs.template, "prompt_tokens": inputs.prompt_tokens,
+            "target_tokens": inputs.target_tokens}
+
+
+def render_clip(info, inputs) -> str:
+    acc = inputs.accounting
+    rows = [
+        ["file", f"{info.path} ({info.format} {info.subtype}, {info.source_sample_rate} Hz, "
+                 f"{info.source_channels} ch, {info.duration_s:.2f} s)"],
+        ["used", f"{info.offset_s:g}-{info.offset_s + info.used_duration_s:.2f} s at {info.sample_rate} Hz mono "
+                 f"({info.samples:,} samples), {info.dropped_s:.2f} s dropped"],
+        ["level", f"peak {info.peak:.3f}, RMS {info.rms:.3f}, clipped {info.clipped_fraction:.2%}"],
+        ["encoder input", f"{acc.mel_frames:,} mel frames of {acc.mel_frames_padded:,} "
+                          f"({acc.padded_fraction:.1%} padding)"],
+        ["audio tokens", f"{_n(acc.audio_tokens)} (encoder frames {_n(acc.encoder_frames)}; "
+                         f"by {acc.length_function})"],
+    ]
+    if inputs.full is not None:
+        rows.append(["full_forward text", f"{inputs.prompt_tokens:,} prompt tokens (audio included) + "
+                                          f"{inputs.target_tokens:,} target tokens, {inputs.template}"])
+    out = ["\n[CLIP] The audio as the model receives it", tabulate(rows, tablefmt="plain")]
+    out += [f"  ! {w}" for w in info.warnings]
+    return "\n".join(out)

@@ -1,0 +1,103 @@
+"""Model inputs from a clip: features through the model's own processor, audio-token accounting, prompt + labels."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .audio import Clip
+from .errors import TracerError
+
+DEFAULT_PROMPT = "Transcribe the audio."
+DEFAULT_TARGET = "The tracer runs a real audio clip through the encoder and the language model."
+IGNORE_INDEX = -100
+BUILTIN_TEMPLATE = "<|audio_bos|><|AUDIO|><|audio_eos|>{prompt}"
+
+
+@dataclass(frozen=True)
+class AudioAccounting:
+    """Mel frames -> encoder frames -> audio tokens, by the model's own length function."""
+    mel_frames: int  # frames holding the clip
+    mel_frames_padded: int  # what the encoder is fed (3000 for Qwen2-Audio)
+    encoder_frames: int | None
+    audio_tokens: int | None
+    padded_fraction: float
+    length_function: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelInputs:
+    tower: dict  # kwargs for the audio encoder alone
+    full: dict | None  # kwargs for the whole model, labels included; None when it takes no text
+    accounting: AudioAccounting
+    template: str
+    prompt_tokens: int
+    target_tokens: int
+
+
+def feature_extractor_of(processor):
+    return getattr(processor, "feature_extractor", processor)
+
+
+def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
+                   target: str = DEFAULT_TARGET) -> ModelInputs:
+    """Build both strategies' inputs from one clip, exactly as the checkpoint's processor prepares them."""
+    import torch
+    fe = feature_extractor_of(processor)
+    feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_attention_mask=True,
+               padding="max_length", return_tensors="pt")
+    features, mask = feats["input_features"], feats["attention_mask"]
+    accounting = _account(encoder, int(mask.sum()), features.shape[-1])
+    if accounting.audio_tokens is not None and accounting.audio_tokens < 1:
+        raise TracerError(f"{clip.info.path}: {clip.info.used_duration_s * 1000:.0f} ms is shorter than one "
+                          f"encoder frame ({accounting.mel_frames} mel frames give no audio token)")
+    tower = {"input_features": features}
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or not hasattr(processor, "audio_token"):
+        return ModelInputs(tower, None, accounting, "none (the processor takes no text)", 0, 0)
+
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": clip.info.path},
+                                             {"type": "text", "text": prompt}]}]
+    if getattr(processor, "chat_template", None):
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        template, end = "the checkpoint's chat template", "<|im_end|>"
+    else:
+        text = BUILTIN_TEMPLATE.format(prompt=prompt)
+        template, end = "built-in template " + BUILTIN_TEMPLATE, tokenizer.eos_token or ""
+    encoded = processor(text=text, audio=clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
+    target_ids = tokenizer(target + end, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    input_ids = torch.cat([encoded["input_ids"], target_ids], dim=1)
+    labels = torch.cat([torch.full_like(encoded["input_ids"], IGNORE_INDEX), target_ids], dim=1)
+    full = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "input_features": encoded["input_features"],
+            "feature_attention_mask": encoded["feature_attention_mask"], "labels": labels}
+    _remap_audio_token(processor, model, full)
+    return ModelInputs(tower, full, accounting, template, encoded["input_ids"].shape[1], target_ids.shape[1])
+
+
+def _account(encoder, mel_frames: int, padded: int) -> AudioAccounting:
+    import torch
+    length_fn = getattr(encoder, "_get_feat_extract_output_lengths", None)
+    encoder_frames = tokens = None
+    name = "none (no _get_feat_extract_output_lengths on the encoder)"
+    if length_fn is not None:
+        out = length_fn(torch.tensor([mel_frames]))
+        if isinstance(out, tuple):  # Qwen2-Audio: (after conv, after pooling)
+            encoder_frames, tokens = int(out[0]), int(out[1])
+        else:
+            encoder_frames = tokens = int(out)
+        name = f"{type(encoder).__name__}._get_feat_extract_output_lengths"
+    return AudioAccounting(mel_frames=mel_frames, mel_frames_padded=padded, encoder_frames=encoder_frames,
+                           audio_tokens=tokens, padded_fraction=round(1 - mel_frames / padded, 6),
+                           length_function=name)
+
+
+def _remap_audio_token(processor, model, full: dict) -> None:
+    """A fallback processor may use another id for <|AUDIO|> than the model's config."""
+    config = getattr(model, "config", None)
+    wanted = getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
+    have = getattr(processor, "audio_token_id", None)
+    if wanted is not None and have is not None and wanted != have:
+        ids = full["input_ids"]
+        ids[ids == have] = wanted
