@@ -43,3 +43,39 @@ def whisper():
                            num_mel_bins=80, max_source_positions=1500, max_target_positions=64,
                            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
     return WhisperForConditionalGeneration(config)
+
+
+class KwargsOnly(nn.Module):
+    """Takes its input as a keyword only and returns a ModelOutput (a dict)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, *, hidden):
+        from transformers.modeling_outputs import BaseModelOutput
+        return BaseModelOutput(last_hidden_state=self.proj(hidden))
+
+
+class Toy(nn.Module):
+    """The hook engine's edge cases in one small model."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Linear(8, 8)
+        self.act = nn.ReLU(inplace=True)  # in-place on the output of a hooked module
+        self.shared = nn.Linear(8, 8)  # called twice
+        self.second = nn.Linear(8, 8)
+        self.unused = nn.ModuleList([nn.Linear(8, 8)])  # registered, never called
+        self.tail = KwargsOnly()
+        self.fail = False
+
+    def forward(self, x):
+        h = self.act(self.first(x))
+        h = self.shared(self.shared(h))
+        y = self.second(h)
+        y += h  # in-place add on a hooked module's output
+        if self.fail:
+            raise ValueError("boom inside forward")
+        return self.tail(hidden=y).last_hidden_state
