@@ -24,9 +24,14 @@ examples:
 exit codes: 0 ok, 2 bad input or usage, 3 a strategy failed (the rest reported), 1 unexpected"""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trace", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="trace", description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("clip", nargs="?", help="audio file (default: samples/sample.wav)")
     model = p.add_argument_group("model")
     model.add_argument("--model", metavar="ID_OR_DIR",
@@ -48,7 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--prompt", default=None, help="user instruction after the audio (default: "
                                                      "'Transcribe the audio.')")
     clip.add_argument("--target", default=None, help="the answer the LM loss of full_forward is computed on")
+    run = p.add_argument_group("runs")
+    run.add_argument("--strategy", default="both", choices=("both", "audio_tower", "full_forward"),
+                     help="which encoding strategies to run (default both)")
+    run.add_argument("--repeats", type=int, default=3, help="timed untraced passes per strategy (default 3)")
+    run.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
+    run.add_argument("--loss", default="pooled_l2", choices=("pooled_l2", "pooled_mean"),
+                     help="audio_tower surrogate loss on the encoder output pooled over the clip's frames: "
+                          "squared L2 norm of the mean (default) or the plain mean")
     out = p.add_argument_group("output")
+    out.add_argument("--top", type=int, default=8, help="slowest modules listed per strategy (default 8)")
+    out.add_argument("--verbose", action="store_true", help="list every executed module")
     out.add_argument("--static-only", action="store_true", help="print the static report only; run nothing")
     out.add_argument("--depth", type=int, default=4, help="module tree depth in the text report (default 4)")
     out.add_argument("--json", metavar="FILE", help="write the full record as JSON (schema_version 1)")
@@ -77,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 def _validate(args) -> None:
     """Cheap checks before any heavy import or model load."""
     from .loading import DTYPES, check_output_path
+    if args.repeats < 1:
+        raise TracerError(f"--repeats {args.repeats}: must be at least 1")
+    if args.warmup < 0:
+        raise TracerError(f"--warmup {args.warmup}: must be 0 or more")
+    if args.top < 0:
+        raise TracerError(f"--top {args.top}: must be 0 or more")
     if args.depth < 0:
         raise TracerError(f"--depth {args.depth}: must be 0 or more")
     if args.dtype not in DTYPES:
@@ -120,10 +141,31 @@ def _run(args) -> int:
     }
     if clip is not None:
         payload["clip"] = clip_record(clip.info, inputs)
+    code = EXIT_OK
+    if not args.static_only:
+        code = _run_strategies(args, loaded, report, inputs, device, payload)
     if args.json:
         write_json_atomic(args.json, payload)
         print(f"\nwrote {args.json}")
-    return EXIT_OK
+    return code
+
+
+def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
+    from .errors import EXIT_STRATEGY_FAILED
+    from .report_runtime import render_comparison, render_run
+    from .strategies import RunOptions, compare, run_strategies
+    if loaded.on_meta:
+        raise TracerError("a model on the meta device has no weights to run: add --static-only")
+    options = RunOptions(repeats=args.repeats, warmup=args.warmup, loss=args.loss, progress=True)
+    runs = run_strategies(loaded.model, report, inputs, options, device, which=args.strategy)
+    for name, run in runs.items():
+        print(render_run(name, run, top=args.top, verbose=args.verbose))
+    comparison = compare(runs, report)
+    if args.strategy == "both":
+        print(render_comparison(runs, comparison, inputs.accounting.audio_tokens))
+    payload["runs"] = runs
+    payload["comparison"] = comparison
+    return EXIT_STRATEGY_FAILED if any(r["status"] == "failed" for r in runs.values()) else EXIT_OK
 
 
 def _load_inputs(args, loaded, report):

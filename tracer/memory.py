@@ -1,0 +1,52 @@
+"""Peak memory of a block of work: the CUDA allocator's peak on GPU, sampled RSS growth on CPU."""
+from __future__ import annotations
+
+import os
+import threading
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as m: ...`` then ``m.peak_bytes`` (growth over the start) and ``m.kind``.
+
+    On CPU a thread samples the resident set every millisecond: the peak is a lower bound, and it counts
+    everything the process allocates, not only tensors.
+    """
+
+    def __init__(self, device, interval_s: float = 0.001):
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_bytes: int | None = None
+        self.kind = "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS growth (sampled)"
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._base = self._peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_bytes())
+        self.peak_bytes = self._peak - self._base

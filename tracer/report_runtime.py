@@ -1,0 +1,74 @@
+"""Text rendering of the runtime part: per-strategy runs, stage rollups, slowest modules, the comparison."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def fmt_ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_run(name: str, run: dict, top: int = 8, verbose: bool = False) -> str:
+    if run["status"] != "ok":
+        where = f" (in {run['failed_in']})" if run.get("failed_in") is not None else ""
+        return f"\n[RUN {name}] {run['status'].upper()}: {run['reason']}{where}"
+    lat, bwd = run["latency_ms"], run["backward_ms"]
+    out = [f"\n[RUN {name}] loss {run['loss_kind']} = {run['loss']:.4g}",
+           f"  untraced: forward {lat['median']:.2f} ms (min {lat['min']:.2f}, max {lat['max']:.2f}, "
+           f"{lat['runs']} runs), backward {bwd['median']:.2f} ms (min {bwd['min']:.2f}, max {bwd['max']:.2f}); "
+           f"peak memory {fmt_bytes(run['peak_memory_bytes'])} ({run['memory_kind']})",
+           f"  traced pass: {run['traced_ms']:.2f} ms = {run['traced_over_untraced']:.2f}× untraced "
+           f"(the tracer's own overhead); clock: {run['clock']}",
+           f"  executed {run['modules_executed']} of {run['modules_registered']} modules, "
+           f"{run['params_executed']:,} parameters"]
+    rows = [[c, fmt_ms(s["forward_ms"]), fmt_ms(s["backward_ms"]), fmt_bytes(s["saved_bytes"]),
+             f"{s['params']:,}", s["modules_executed"]]
+            for c, s in run["stages"].items() if s["modules_executed"]]
+    out.append(tabulate(rows, headers=["stage", "self fwd ms", "bwd ms", "saved for bwd", "params", "modules"],
+                        tablefmt="simple", disable_numparse=True))
+    executed = [m for m in run["modules"] if m["executed"]]
+    chosen = executed if verbose else sorted(executed, key=lambda m: -m["self_forward_ms"])[:top]
+    title = "every executed module" if verbose else f"slowest {len(chosen)} modules by self forward time"
+    out.append(f"  {title}:")
+    rows = [[m["path"] or "(root)", m["class"], m["calls"], fmt_ms(m["self_forward_ms"]), fmt_ms(m["backward_ms"]),
+             ", ".join(m["outputs"][:2]), fmt_bytes(m["saved_bytes"])] for m in chosen]
+    out.append(tabulate(rows, headers=["module", "class", "calls", "self fwd ms", "bwd ms", "output",
+                                       "saved"], tablefmt="simple", disable_numparse=True))
+    return "\n".join(out)
+
+
+def render_comparison(runs: dict, comparison: dict, audio_tokens) -> str:
+    tower, full = runs.get("audio_tower", {}), runs.get("full_forward", {})
+    if tower.get("status") != "ok" or full.get("status") != "ok":
+        return "\n[COMPARISON] needs both strategies to succeed: " + ", ".join(
+            f"{n} {r.get('status')}" for n, r in runs.items())
+
+    def row(label, get, fmt, ratio_key=None):
+        a, b = get(tower), get(full)
+        ratio = comparison.get(ratio_key) if ratio_key else (b / a if a else None)
+        return [label, fmt(a), fmt(b), "-" if ratio is None else f"{ratio:.2f}×"]
+
+    rows = [
+        row("forward ms (median)", lambda r: r["latency_ms"]["median"], fmt_ms, "latency_ratio_full_over_tower"),
+        row("backward ms (median)", lambda r: r["backward_ms"]["median"], fmt_ms, "backward_ratio_full_over_tower"),
+        row("peak memory", lambda r: r["peak_memory_bytes"], fmt_bytes, "memory_ratio_full_over_tower"),
+        row("modules executed", lambda r: r["modules_executed"], lambda v: f"{v} of {tower['modules_registered']}"),
+        row("params executed", lambda r: r["params_executed"], lambda v: f"{v:,}", "params_ratio_full_over_tower"),
+        ["audio tokens", str(audio_tokens), str(audio_tokens), ""],
+    ]
+    out = ["\n[COMPARISON] full_forward vs audio_tower on the same clip, dtype and device",
+           tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
+                    disable_numparse=True),
+           "  only full_forward runs: " + (", ".join(comparison["only_in_full_forward_layers"]) or "nothing")]
+    return "\n".join(out)

@@ -1,0 +1,217 @@
+"""Strategies: run one clip through the audio encoder alone and through the whole model, untraced for honest
+latency and memory, then once traced for the per-module records; compare the two."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .discovery import COMPONENTS, StaticReport
+from .hooks import Tracer
+from .memory import PeakMemory
+from .naming import collapse_layer_ranges
+
+STRATEGIES = ("audio_tower", "full_forward")
+LOSSES = ("pooled_l2", "pooled_mean")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    repeats: int = 3
+    warmup: int = 1
+    loss: str = "pooled_l2"
+    progress: bool = False
+
+
+def tower_loss(hidden: torch.Tensor, valid_tokens: int | None, loss: str) -> torch.Tensor:
+    """The audio_tower surrogate loss on the encoder output pooled over the clip's own frames.
+
+    ``pooled_l2``: squared L2 norm of the time-mean (every weight gets a gradient);
+    ``pooled_mean``: the plain mean (tiny, uniform gradients). Padding frames are left out.
+    """
+    frames = hidden[:, :valid_tokens] if valid_tokens else hidden
+    pooled = frames.float().mean(dim=1)
+    return pooled.square().sum() if loss == "pooled_l2" else pooled.mean()
+
+
+def _move(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def make_step(name: str, model, report: StaticReport, inputs, options: RunOptions, device):
+    """A callable returning the loss for one pass of the strategy (forward only; the caller runs backward)."""
+    if name == "audio_tower":
+        encoder = dict(model.named_modules())[report.audio_encoder.path]
+        batch = _move(inputs.tower, device)
+        tokens = inputs.accounting.audio_tokens
+        return lambda: tower_loss(encoder(**batch).last_hidden_state, tokens, options.loss)
+    batch = _move(inputs.full, device)
+    return lambda: model(**batch).loss
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def _timed_pass(step, model, device) -> tuple[float, float]:
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = step()
+    _sync(device)
+    t1 = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOptions, device) -> dict:
+    """One strategy's RUN record. Raises whatever the model raises; the caller records failures."""
+    step = make_step(name, model, report, inputs, options, device)
+    for _ in range(options.warmup):
+        _timed_pass(step, model, device)
+    forward, backward = [], []
+    with PeakMemory(device) as memory:
+        for _ in _progress(range(options.repeats), f"{name} untraced", options.progress):
+            f, b = _timed_pass(step, model, device)
+            forward.append(f)
+            backward.append(b)
+    model.zero_grad(set_to_none=True)
+    tracer = Tracer(model)
+    try:
+        with tracer:
+            t0 = time.perf_counter()
+            loss = step()
+            loss.backward()
+            _sync(device)
+            traced_ms = (time.perf_counter() - t0) * 1e3
+    except BaseException as e:
+        e.failed_in = tracer.failed_in  # the last module that ran, for the report
+        raise
+    record = tracer.result()
+    untraced_ms = statistics.median(forward) + statistics.median(backward)
+    stages = stage_rollup(record["modules"], report, model)
+    executed = [m for m in record["modules"] if m["executed"]]
+    return {
+        "status": "ok",
+        "loss": float(loss.detach()),
+        "loss_kind": options.loss if name == "audio_tower" else "lm (labels on the target tokens)",
+        "latency_ms": _stats(forward),
+        "backward_ms": _stats(backward),
+        "peak_memory_bytes": memory.peak_bytes,
+        "memory_kind": memory.kind,
+        "traced_ms": traced_ms,
+        "traced_over_untraced": traced_ms / untraced_ms if untraced_ms > 0 else None,
+        "modules_executed": len(executed),
+        "modules_registered": len(record["modules"]),
+        "params_executed": sum(s["params"] for s in stages.values()),
+        "stages": stages,
+        **record,
+    }
+
+
+def stage_rollup(modules: list[dict], report: StaticReport, model) -> dict:
+    """Per component: self forward time, the component roots' backward time, bytes, params executed."""
+    own_params = {path: sum(p.numel() for p in m.parameters(recurse=False)) for path, m in model.named_modules()}
+    stages = {c: {"forward_ms": 0.0, "backward_ms": None, "saved_bytes": 0, "output_bytes": 0, "params": 0,
+                  "modules_executed": 0} for c in COMPONENTS}
+    component = report.component_of
+    for m in modules:
+        if not m["executed"]:
+            continue
+        stage = stages[component.get(m["path"], "other")]
+        stage["forward_ms"] += m["self_forward_ms"]
+        stage["saved_bytes"] += m["saved_bytes"]
+        stage["params"] += own_params.get(m["path"], 0)
+        stage["modules_executed"] += 1
+        parent = m["path"].rpartition(".")[0] if m["path"] else None
+        is_root = parent is None or component.get(parent) != component.get(m["path"])
+        if is_root and m["backward_ms"] is not None and component.get(m["path"]) != "other":
+            stage["backward_ms"] = (stage["backward_ms"] or 0.0) + m["backward_ms"]
+        if is_root:
+            stage["output_bytes"] += m["output_bytes"]
+    return stages
+
+
+def run_strategies(model, report: StaticReport, inputs, options: RunOptions, device,
+                   which: str = "both") -> dict:
+    """Both strategies (or one), each isolated: a failure in one is recorded and the other still runs."""
+    names = STRATEGIES if which == "both" else (which,)
+    runs = {}
+    for name in names:
+        if name == "audio_tower" and report.audio_encoder is None:
+            runs[name] = {"status": "not_applicable",
+                          "reason": "no audio encoder in the module tree (see step 3): nothing to run alone"}
+            continue
+        if name == "full_forward" and inputs.full is None:
+            runs[name] = {"status": "not_applicable", "reason": "the processor builds no text input for this model"}
+            continue
+        try:
+            runs[name] = run_strategy(name, model, report, inputs, options, device)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - OOM and model errors become this strategy's row
+            runs[name] = {"status": "failed", "reason": f"{type(e).__name__}: {_first_line(e)}",
+                          "failed_in": getattr(e, "failed_in", None)}
+        finally:
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return runs
+
+
+def compare(runs: dict, report: StaticReport) -> dict:
+    """full_forward / audio_tower ratios, and what only full_forward runs (collapsed to component roots)."""
+    tower, full = runs.get("audio_tower", {}), runs.get("full_forward", {})
+    if tower.get("status") != "ok" or full.get("status") != "ok":
+        return {"latency_ratio_full_over_tower": None, "only_in_full_forward": []}
+    executed = {name: {m["path"] for m in run["modules"] if m["executed"]} for name, run in
+                (("audio_tower", tower), ("full_forward", full))}
+    only = executed["full_forward"] - executed["audio_tower"]
+    # Wrappers above the encoder run in full_forward only, but say nothing: keep the roots of what is new.
+    ancestors = {p.rpartition(".")[0] for p in executed["audio_tower"]}
+    while "" not in ancestors and ancestors:
+        ancestors |= {p.rpartition(".")[0] for p in ancestors if p}
+    new = sorted(p for p in only if p not in ancestors)
+    new_set = set(new)
+    roots = [p for p in new if not any(a in new_set for a in _proper_ancestors(p))]
+    layers = [p for p in new if p in roots or p.rpartition(".")[2].isdigit()]
+
+    def ratio(key, sub="median"):
+        a, b = tower[key][sub] if sub else tower[key], full[key][sub] if sub else full[key]
+        return b / a if a else None
+
+    return {
+        "latency_ratio_full_over_tower": ratio("latency_ms"),
+        "backward_ratio_full_over_tower": ratio("backward_ms"),
+        "memory_ratio_full_over_tower": ratio("peak_memory_bytes", None),
+        "params_ratio_full_over_tower": ratio("params_executed", None),
+        "only_in_full_forward": roots,
+        "only_in_full_forward_layers": [f"{p} ×{n}" if n > 1 else p for p, n in collapse_layer_ranges(layers)],
+        "only_in_audio_tower": sorted(executed["audio_tower"] - executed["full_forward"]),
+    }
+
+
+def _proper_ancestors(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))] if path else []
+
+
+def _progress(iterable, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, leave=False, disable=None)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
