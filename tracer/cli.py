@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loss", default="pooled_l2", choices=("pooled_l2", "pooled_mean"),
                      help="audio_tower surrogate loss on the encoder output pooled over the clip's frames: "
                           "squared L2 norm of the mean (default) or the plain mean")
+    lora = p.add_argument_group("LoRA (attached with peft before the runs)")
+    lora.add_argument("--lora-targets", default="auto", metavar="auto|NAMES|REGEX",
+                      help="auto: the Linear names in what the chosen strategy runs (step 8); or a comma list "
+                           "(suffix match, like peft); or a regex (full match on the module path)")
+    lora.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    lora.add_argument("--lora-config", metavar="FILE", help="a PEFT LoraConfig as JSON (overrides the two above)")
+    lora.add_argument("--adapter", metavar="DIR", help="an existing adapter (PeftModel.from_pretrained)")
+    lora.add_argument("--no-lora", action="store_true", help="trace the model without LoRA")
     out = p.add_argument_group("output")
     out.add_argument("--top", type=int, default=8, help="slowest modules listed per strategy (default 8)")
     out.add_argument("--verbose", action="store_true", help="list every executed module")
@@ -98,6 +106,12 @@ def _validate(args) -> None:
         raise TracerError(f"--warmup {args.warmup}: must be 0 or more")
     if args.top < 0:
         raise TracerError(f"--top {args.top}: must be 0 or more")
+    chosen = [flag for flag, on in (("--no-lora", args.no_lora), ("--lora-config", args.lora_config),
+                                    ("--adapter", args.adapter)) if on]
+    if len(chosen) > 1:
+        raise TracerError(f"{' and '.join(chosen)} exclude each other")
+    if args.lora_r < 1:
+        raise TracerError(f"--lora-r {args.lora_r}: must be at least 1")
     if args.depth < 0:
         raise TracerError(f"--depth {args.depth}: must be 0 or more")
     if args.dtype not in DTYPES:
@@ -152,19 +166,36 @@ def _run(args) -> int:
 
 def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
     from .errors import EXIT_STRATEGY_FAILED
-    from .report_runtime import render_comparison, render_run
+    from .diagnosis import dead_groups_of
+    from .report_runtime import render_comparison, render_lora_diagnosis, render_lora_setup, render_run
     from .strategies import RunOptions, compare, run_strategies
     if loaded.on_meta:
         raise TracerError("a model on the meta device has no weights to run: add --static-only")
+    model, run_report, setup = loaded.model, report, None
+    if not args.no_lora:
+        from .discovery import static_report
+        from .lora import attach_lora
+        model, setup = attach_lora(model, report, targets=args.lora_targets, r=args.lora_r,
+                                   config_file=args.lora_config, adapter_dir=args.adapter)
+        run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
+        print(render_lora_setup(setup))
     options = RunOptions(repeats=args.repeats, warmup=args.warmup, loss=args.loss, progress=True)
-    runs = run_strategies(loaded.model, report, inputs, options, device, which=args.strategy)
+    runs = run_strategies(model, run_report, inputs, options, device, which=args.strategy)
     for name, run in runs.items():
         print(render_run(name, run, top=args.top, verbose=args.verbose))
-    comparison = compare(runs, report)
+    comparison = compare(runs, run_report)
     if args.strategy == "both":
         print(render_comparison(runs, comparison, inputs.accounting.audio_tokens))
     payload["runs"] = runs
     payload["comparison"] = comparison
+    if setup is not None:
+        from .lora import requested_gaps, suggest_targets
+        diagnosis = {"requested_gaps": requested_gaps(report, setup["target_modules"]),
+                     "suggested_target_modules": suggest_targets(report),
+                     "dead_groups": {name: dead_groups_of(run) for name, run in runs.items() if "lora" in run}}
+        print(render_lora_diagnosis(runs, diagnosis))
+        payload["lora_setup"] = setup
+        payload["lora_diagnosis"] = diagnosis
     return EXIT_STRATEGY_FAILED if any(r["status"] == "failed" for r in runs.values()) else EXIT_OK
 
 

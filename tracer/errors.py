@@ -8,3 +8,9 @@ EXIT_STRATEGY_FAILED = 3
 
 class TracerError(Exception):
     """Bad input or usage: printed as one line ``error: …`` and exit code 2."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one short line for ``error: …`` messages."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

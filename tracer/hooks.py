@@ -55,6 +55,7 @@ class Tracer:
         model: any ``nn.Module`` (PEFT-wrapped, accelerate-dispatched, gradient-checkpointed).
         grad_norms: keep the norm of each module's output gradient (one small reduction per output).
         saved_tensors: attribute bytes autograd saves for backward to the innermost running module.
+        component_of: module path -> component, from the static report (computed when needed if None).
 
     Example:
         >>> with Tracer(model) as tr:
@@ -63,8 +64,10 @@ class Tracer:
         >>> run = tr.result()   # JSON-ready: {"modules": [...], "never_called": [...], ...}
     """
 
-    def __init__(self, model: nn.Module, *, grad_norms: bool = True, saved_tensors: bool = True):
+    def __init__(self, model: nn.Module, *, grad_norms: bool = True, saved_tensors: bool = True,
+                 component_of: dict | None = None):
         self.model = model
+        self.component_of = component_of
         self.grad_norms = grad_norms
         self.saved_tensors = saved_tensors
         self._active = False
@@ -330,7 +333,7 @@ class Tracer:
         ends = [c.backward_end_ns for c in calls if c.backward_end_ns is not None]
         ends += [ns(t) for _, t in self._param_times]
         backward = (max(ends) - min(starts)) / 1e6 if starts and ends else None
-        return {
+        run = {
             "modules": [r.to_dict() for r in records],
             "never_called": [r.path for r in records if not r.executed],
             "total_forward_ms": sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
@@ -338,6 +341,16 @@ class Tracer:
             "clock": "cuda events" if self._cuda else "perf_counter_ns",
             "failed_in": self.failed_in,
         }
+        from .diagnosis import diagnose, lora_layers, summarize
+        if lora_layers(self.model):  # NB: reads .grad now: call result() after backward, before zero_grad
+            component_of = self.component_of
+            if component_of is None:
+                from .discovery import static_report
+                component_of = static_report(self.model).component_of
+            lora = diagnose(self.model, run["modules"], calls, component_of)
+            run["lora"] = [r.to_dict() for r in lora]
+            run["lora_summary"] = summarize(lora)
+        return run
 
 
 def _unpack(tensor):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TracerError
+from .errors import TracerError, first_line
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 BUILTIN_MODEL_DIR = SAMPLES_DIR / "tiny-qwen2-audio"
@@ -104,9 +104,9 @@ def _load_config(path: Path, trust_remote_code: bool):
         if "trust_remote_code" in str(e):
             raise TracerError(f"{path}: this checkpoint ships its own code; rerun with --trust-remote-code "
                               "if you trust it") from None
-        raise TracerError(f"{path}: {_first_line(e)}") from None
+        raise TracerError(f"{path}: {first_line(e)}") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise TracerError(f"{path}: cannot read config.json ({_first_line(e)})") from None
+        raise TracerError(f"{path}: cannot read config.json ({first_line(e)})") from None
 
 
 def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
@@ -127,7 +127,7 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
         model = model_cls.from_pretrained(directory, dtype=dtype, use_safetensors=has_safetensors or None,
                                           trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - mismatched or corrupt weights surface here in many types
-        raise TracerError(f"--model {name}: cannot load weights ({_first_line(e)})") from None
+        raise TracerError(f"--model {name}: cannot load weights ({first_line(e)})") from None
     model = model.to(device).eval()
     return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, False)
 
@@ -160,14 +160,14 @@ def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_r
     try:
         values = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TracerError(f"--config {path}: not valid JSON ({_first_line(e)})") from None
+        raise TracerError(f"--config {path}: not valid JSON ({first_line(e)})") from None
     if not isinstance(values, dict) or "model_type" not in values:
         raise TracerError(f"--config {path}: no 'model_type' key (is this a transformers config.json?)")
     model_type = values.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **values)
     except (ValueError, KeyError) as e:
-        raise TracerError(f"--config {path}: unknown model_type {model_type!r} ({_first_line(e)})") from None
+        raise TracerError(f"--config {path}: unknown model_type {model_type!r} ({first_line(e)})") from None
     model_cls = _model_class(config, trust_remote_code)
     # NB: on meta no memory is allocated, so a 7B config reports in seconds.
     target = torch.device("meta") if static_only else device
@@ -191,10 +191,6 @@ def _model_class(config, trust_remote_code: bool):
     raise TracerError(f"no model class for config {type(config).__name__} "
                       f"(model_type {getattr(config, 'model_type', '?')!r})")
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 def check_output_path(path: str, flag: str) -> None:

@@ -32,6 +32,8 @@ def render_run(name: str, run: dict, top: int = 8, verbose: bool = False) -> str
            f"(the tracer's own overhead); clock: {run['clock']}",
            f"  executed {run['modules_executed']} of {run['modules_registered']} modules, "
            f"{run['params_executed']:,} parameters"]
+    if run.get("note"):
+        out.append(f"  ! {run['note']}")
     rows = [[c, fmt_ms(s["forward_ms"]), fmt_ms(s["backward_ms"]), fmt_bytes(s["saved_bytes"]),
              f"{s['params']:,}", s["modules_executed"]]
             for c, s in run["stages"].items() if s["modules_executed"]]
@@ -71,4 +73,37 @@ def render_comparison(runs: dict, comparison: dict, audio_tokens) -> str:
            tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
                     disable_numparse=True),
            "  only full_forward runs: " + (", ".join(comparison["only_in_full_forward_layers"]) or "nothing")]
+    return "\n".join(out)
+
+
+def render_lora_setup(setup: dict) -> str:
+    return (f"\n[LORA] {setup['layers']} LoRA layers, r={setup['r']}{' (DoRA)' if setup['use_dora'] else ''}, "
+            f"target_modules {setup['target_modules']} from {setup['source']}; "
+            f"{setup['trainable_params']:,} trainable parameters")
+
+
+def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
+    from .diagnosis import STATUSES
+    counts = []
+    for name, run in runs.items():
+        for component, per in run.get("lora_summary", {}).items():
+            counts.append((name, component, per))
+    used = [s for s in STATUSES if any(s in per for _, _, per in counts)]
+    rows = [[name, component] + [per.get(s, "") for s in used] for name, component, per in counts]
+    out = ["\n[LORA DIAGNOSIS] did each LoRA layer get a gradient in the traced backward?",
+           tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
+    for name, groups in diagnosis["dead_groups"].items():
+        for g in groups:
+            out.append(f"  {g['pattern']}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
+                       + (f"; fix: {g['hint']}" if g["hint"] else ""))
+    if any(r.get("status") == "ok" and any(x["status"] == "zero_init" for x in r.get("lora", []))
+           for r in runs.values()):
+        out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
+                   "exactly 0 until the first optimizer step")
+    for gap in diagnosis["requested_gaps"]:
+        instead = f"; it uses {' / '.join(gap['use_instead'])}" if gap["use_instead"] else ""
+        out.append(f"  ! '{gap['name']}' was requested but matches nothing in {gap['component']}{instead}")
+    s = diagnosis["suggested_target_modules"]
+    out.append(f"  suggested target_modules for {s['strategy']}: {s['list']}, or the regex r\"{s['regex']}\" "
+               f"({s['note']})")
     return "\n".join(out)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .discovery import COMPONENTS, StaticReport
+from .errors import first_line
 from .hooks import Tracer
 from .memory import PeakMemory
 from .naming import collapse_layer_ranges
@@ -67,7 +68,8 @@ def _timed_pass(step, model, device) -> tuple[float, float]:
     loss = step()
     _sync(device)
     t1 = time.perf_counter()
-    loss.backward()
+    if loss.requires_grad:  # NB: nothing trainable in what ran (e.g. LoRA only in the LM) means no backward
+        loss.backward()
     _sync(device)
     t2 = time.perf_counter()
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -85,12 +87,13 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
             forward.append(f)
             backward.append(b)
     model.zero_grad(set_to_none=True)
-    tracer = Tracer(model)
+    tracer = Tracer(model, component_of=report.component_of)
     try:
         with tracer:
             t0 = time.perf_counter()
             loss = step()
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
             _sync(device)
             traced_ms = (time.perf_counter() - t0) * 1e3
     except BaseException as e:
@@ -103,6 +106,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
     return {
         "status": "ok",
         "loss": float(loss.detach()),
+        "note": None if loss.requires_grad else "no backward: nothing this strategy runs requires grad",
         "loss_kind": options.loss if name == "audio_tower" else "lm (labels on the target tokens)",
         "latency_ms": _stats(forward),
         "backward_ms": _stats(backward),
@@ -159,7 +163,7 @@ def run_strategies(model, report: StaticReport, inputs, options: RunOptions, dev
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # noqa: BLE001 - OOM and model errors become this strategy's row
-            runs[name] = {"status": "failed", "reason": f"{type(e).__name__}: {_first_line(e)}",
+            runs[name] = {"status": "failed", "reason": f"{type(e).__name__}: {first_line(e)}",
                           "failed_in": getattr(e, "failed_in", None)}
         finally:
             model.zero_grad(set_to_none=True)
@@ -210,8 +214,3 @@ def _progress(iterable, desc: str, enabled: bool):
         return iterable
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, leave=False, disable=None)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

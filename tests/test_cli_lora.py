@@ -1,0 +1,87 @@
+"""LoRA through the CLI: each way of attaching, the diagnosis in the report and JSON, and bad LoRA input."""
+import json
+
+import pytest
+from peft import LoraConfig, get_peft_model
+
+import models
+from tracer.cli import main
+
+FAST = ["--repeats", "1", "--warmup", "0"]
+
+
+def run(capsys, *argv):
+    code = main([*FAST, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_default_auto_targets_and_diagnosis_json(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(capsys, "--json", str(out))
+    assert code == 0
+    assert "[LORA] 18 LoRA layers" in stdout and "[LORA DIAGNOSIS]" in stdout
+    data = json.loads(out.read_text())
+    assert data["lora_setup"]["target_modules"] == ["fc1", "fc2", "k_proj", "out_proj", "q_proj", "v_proj"]
+    tower = data["runs"]["audio_tower"]
+    assert tower["lora_summary"] == {"audio_encoder": {"zero_init": 12}, "language_model": {"not_executed": 6}}
+    row = tower["lora"][0]
+    assert set(row) >= {"path", "adapter", "component", "executed", "grad_enabled", "grad_norm_A", "grad_norm_B",
+                        "status", "cause", "hint"}
+    assert data["lora_diagnosis"]["dead_groups"]["audio_tower"][0]["pattern"].endswith(
+        "language_model.layers.0-1.self_attn.{q,k,v}_proj")
+    assert data["lora_diagnosis"]["suggested_target_modules"]["strategy"] == "audio_tower"
+
+
+def test_no_lora_has_no_diagnosis(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(capsys, "--no-lora", "--json", str(out))
+    assert code == 0 and "[LORA" not in stdout
+    assert "lora_setup" not in json.loads(out.read_text())
+
+
+def test_regex_targets_and_lora_config_file(capsys, tmp_path):
+    code, stdout, _ = run(capsys, "--lora-targets", r"model\.audio_tower\..*\.(q_proj|v_proj)", "--strategy",
+                          "audio_tower")
+    assert code == 0 and "[LORA] 4 LoRA layers" in stdout
+    config = tmp_path / "lora.json"
+    config.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["o_proj"]}))
+    code, stdout, _ = run(capsys, "--lora-config", str(config), "--strategy", "full_forward")
+    assert code == 0 and "[LORA] 2 LoRA layers, r=2" in stdout
+
+
+def test_existing_adapter_dir(capsys, tmp_path):
+    model = get_peft_model(models.builtin_model(), LoraConfig(r=2, target_modules=["fc1"]))
+    model.save_pretrained(tmp_path / "adapter")
+    code, stdout, _ = run(capsys, "--adapter", str(tmp_path / "adapter"), "--strategy", "audio_tower")
+    assert code == 0 and "[LORA] 2 LoRA layers, r=2" in stdout and f"adapter {tmp_path}/adapter" in stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lora-targets", "nothing_like_this"], "LoRA targets ['nothing_like_this'] match nothing in this model"),
+    (["--lora-targets", "(unclosed"], "not a valid regex"),
+    (["--lora-config", "{t}/broken.json"], "--lora-config {t}/broken.json: not valid JSON"),
+    (["--lora-config", "{t}/wrong.json"], "--lora-config {t}/wrong.json: not a valid LoraConfig"),
+    (["--adapter", "{t}/other"], "--adapter {t}/other: does not fit this model"),
+    (["--adapter", "{t}"], "no adapter_config.json there"),
+    (["--no-lora", "--adapter", "{t}/other"], "--no-lora and --adapter exclude each other"),
+    (["--lora-r", "0"], "--lora-r 0: must be at least 1"),
+])
+def test_bad_lora_input(capsys, tmp_path, argv, message):
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "wrong.json").write_text(json.dumps({"no_such_field": 1}))
+    other = get_peft_model(models.text_only_lm(tied=False), LoraConfig(r=2, target_modules=["gate_proj"]))
+    other.save_pretrained(tmp_path / "other")
+    code, _, err = run(capsys, *[a.format(t=tmp_path) for a in argv])
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert message.format(t=tmp_path) in err
+
+
+def test_lora_only_in_lm_audio_tower_has_no_backward_but_runs(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(capsys, "--lora-targets", "gate_proj", "--json", str(out))
+    assert code == 0
+    assert "no backward: nothing this strategy runs requires grad" in stdout
+    tower = json.loads(out.read_text())["runs"]["audio_tower"]
+    assert tower["status"] == "ok" and tower["lora_summary"] == {"language_model": {"not_executed": 2}}

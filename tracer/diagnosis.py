@@ -1,0 +1,181 @@
+"""Diagnosis: for every LoRA layer x adapter, did a gradient flow, and if not, why and how to fix it.
+
+Reads what the traced pass saw (executed? grad mode? gradient at the output?) and the parameters'
+``.grad`` after backward, which is exactly what autograd computed.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .naming import collapse_layer_ranges
+
+STATUSES = ("ok", "zero_init", "not_executed", "frozen", "no_grad_mode", "off_loss_path", "disabled",
+            "zero_grad", "nonfinite")
+
+
+@dataclass(frozen=True)
+class LoraLayerRecord:
+    path: str
+    adapter: str
+    component: str
+    executed: bool
+    grad_enabled: bool | None
+    grad_arrived: bool
+    grad_norm_A: float | None
+    grad_norm_B: float | None
+    grad_norm_magnitude: float | None  # DoRA
+    lora_B_zero: bool
+    status: str
+    cause: str
+    hint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lora_layers(model) -> list[tuple[str, object]]:
+    """(path, layer) for every PEFT LoRA layer; empty when peft was never imported (it cannot be in use)."""
+    if "peft" not in sys.modules:
+        return []
+    from peft.tuners.lora import LoraLayer
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def _norm(param) -> float | None:
+    if param is None or param.grad is None:
+        return None
+    return float(torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32))
+
+
+def _reentrant_checkpoint_above(model, path: str) -> bool:
+    modules = dict(model.named_modules())
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = modules.get(".".join(parts[:i]))
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and module.training and func is not None:
+            return bool(getattr(func, "keywords", {}).get("use_reentrant", False))
+    return False
+
+
+def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> list[LoraLayerRecord]:
+    """One record per LoRA layer x adapter, with a status from ``STATUSES``, a cause and a hint."""
+    records = {m["path"]: m for m in modules}
+    grad_any = {}
+    for call in calls:
+        grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
+    out = []
+    for path, layer in lora_layers(model):
+        for adapter in layer.lora_A.keys():
+            a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+            magnitude = getattr(layer, "lora_magnitude_vector", None)
+            mag = magnitude[adapter].weight if magnitude is not None and adapter in magnitude else None
+            rec = records.get(path, {})
+            branch = records.get(f"{path}.lora_A.{adapter}", {})
+            norms = (_norm(a), _norm(b), _norm(mag))
+            status, cause, hint = _classify(model, path, layer, adapter, rec, branch, grad_any.get(path), a, b, norms)
+            out.append(LoraLayerRecord(
+                path=path, adapter=adapter, component=component_of.get(path, "other"),
+                executed=bool(rec.get("executed")), grad_enabled=rec.get("grad_enabled"),
+                grad_arrived=rec.get("grad_output_norm") is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
+                grad_norm_magnitude=norms[2], lora_B_zero=not bool(b.detach().any()), status=status, cause=cause,
+                hint=hint))
+    return out
+
+
+def _classify(model, path, layer, adapter, rec, branch, grad_any, a, b, norms):
+    norm_a, norm_b, norm_m = norms
+    if not rec.get("executed"):
+        return ("not_executed", "the layer never ran in this pass",
+                "target only modules the strategy runs (see the suggested target_modules)")
+    if not (a.requires_grad or b.requires_grad):
+        return ("frozen", f"lora_A/lora_B of adapter '{adapter}' have requires_grad=False",
+                "call model.train() on the PeftModel / set requires_grad_(True) on the LoRA parameters, "
+                "or load the adapter with is_trainable=True")
+    if not branch.get("executed"):
+        if getattr(layer, "merged", False):
+            return ("disabled", "the adapter is merged into the base weights, so the LoRA branch did not run",
+                    "call unmerge_adapter() before training")
+        if adapter not in layer.active_adapters:
+            return ("disabled", f"adapter '{adapter}' is not active (active: {', '.join(layer.active_adapters)})",
+                    f"model.set_adapter('{adapter}')")
+        return ("disabled", "the LoRA branch did not run: adapters were disabled during the pass "
+                            "(disable_adapter() context or disable_adapters=True)",
+                "run the training step outside disable_adapter()")
+    if not grad_any:
+        if _reentrant_checkpoint_above(model, path):
+            return ("no_grad_mode", "it ran with autograd off: reentrant gradient checkpointing whose inputs "
+                                    "need no grad runs the block under no_grad and never replays it",
+                    "model.enable_input_require_grads(), or gradient_checkpointing_kwargs="
+                    "{'use_reentrant': False}")
+        return ("no_grad_mode", "it ran with autograd off (torch.no_grad() or torch.inference_mode())",
+                "run the forward of the training step with autograd enabled")
+    finite = [n for n in (norm_a, norm_b, norm_m) if n is not None]
+    if any(not math.isfinite(n) for n in finite) or not _finite(a.grad) or not _finite(b.grad):
+        return ("nonfinite", "NaN or Inf in its gradients",
+                "look for NaN/Inf in the loss or inputs; lower the learning rate or use fp32/bf16 with loss scaling")
+    if norm_a is None and norm_b is None:
+        return ("off_loss_path", "it ran with autograd on, but the loss does not depend on its output "
+                                 "(detached downstream or an unused output)",
+                "find the .detach()/no_grad or the unused hidden state between this layer and the loss")
+    b_zero = not bool(b.detach().any())
+    if b_zero and norm_a == 0.0 and (norm_b or 0.0) > 0.0:
+        return ("zero_init", "lora_B is all zeros (fresh adapter), so lora_A's gradient is exactly 0: expected "
+                             "before the first optimizer step; lora_B does get a gradient",
+                "nothing to fix: after one optimizer step lora_A gets gradients too")
+    if (norm_a or 0.0) == 0.0 and (norm_b or 0.0) == 0.0:
+        return ("zero_grad", "a gradient arrived and is exactly zero (zero-weighted loss, masked labels, "
+                             "or a dead activation)",
+                "check the loss weighting and that the labels are not all -100")
+    return ("ok", "gradients flow", "")
+
+
+def _finite(grad) -> bool:
+    return grad is None or bool(torch.isfinite(grad).all())
+
+
+def summarize(records: list[LoraLayerRecord]) -> dict:
+    """``{component: {status: count}}``."""
+    summary: dict = {}
+    for r in records:
+        per = summary.setdefault(r.component, {})
+        per[r.status] = per.get(r.status, 0) + 1
+    return summary
+
+
+def dead_groups(records: list[LoraLayerRecord]) -> list[dict]:
+    """Layers without a gradient, grouped: ``…layers.0-31.self_attn.{q,k,v,o}_proj`` (128)."""
+    by_status: dict = {}
+    for r in records:
+        if r.status not in ("ok", "zero_init"):
+            by_status.setdefault(r.status, []).append(r)
+    groups = []
+    for status, rs in by_status.items():
+        collapsed = collapse_layer_ranges(dict.fromkeys(r.path for r in rs))
+        by_parent: dict = {}
+        for path, count in collapsed:
+            parent, _, leaf = path.rpartition(".")
+            by_parent.setdefault(parent, []).append((leaf, count))
+        for parent, leaves in by_parent.items():
+            names = [leaf for leaf, _ in leaves]
+            groups.append({"pattern": f"{parent}.{_brace(names)}" if parent else _brace(names),
+                           "status": status, "count": sum(c for _, c in leaves), "cause": rs[0].cause,
+                           "hint": rs[0].hint})
+    return groups
+
+
+def _brace(names: list[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    suffix = "_proj" if all(n.endswith("_proj") for n in names) else ""
+    stems = [n[: -len(suffix)] if suffix else n for n in names]
+    return "{" + ",".join(stems) + "}" + suffix
+
+
+def dead_groups_of(run: dict) -> list[dict]:
+    """dead_groups() of a RUN record's "lora" rows."""
+    return dead_groups([LoraLayerRecord(**r) for r in run["lora"]])

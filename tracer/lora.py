@@ -1,0 +1,139 @@
+"""LoRA attachment with peft (auto targets, a list, a regex, a LoraConfig file, an existing adapter) and
+target suggestions that fit a strategy."""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+from .discovery import StaticReport
+from .errors import TracerError, first_line
+
+REGEX_CHARS = re.compile(r"[\^$*+?()\[\]|\\]")
+
+
+def parse_targets(spec: str, report: StaticReport):
+    """'auto' -> step 8's names; 'a,b' -> a list (suffix match); anything with regex syntax -> a regex."""
+    if spec == "auto":
+        if not report.strategy.lora_targets:
+            raise TracerError("--lora-targets auto: no Linear layers in what the strategy runs; pass names")
+        return list(report.strategy.lora_targets)
+    if REGEX_CHARS.search(spec):
+        try:
+            re.compile(spec)
+        except re.error as e:
+            raise TracerError(f"--lora-targets {spec!r}: not a valid regex ({e})") from None
+        return spec
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise TracerError("--lora-targets: empty list")
+    return names
+
+
+def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 8, config_file: str | None = None,
+                adapter_dir: str | None = None):
+    """Wrap ``model`` with peft; returns ``(peft_model, setup)`` where setup describes what was attached."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    if adapter_dir:
+        directory = Path(adapter_dir)
+        if not (directory / "adapter_config.json").is_file():
+            raise TracerError(f"--adapter {adapter_dir}: no adapter_config.json there")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                wrapped = PeftModel.from_pretrained(model, str(directory), is_trainable=True)
+        except Exception as e:  # noqa: BLE001 - peft raises many types for "does not fit this model"
+            raise TracerError(f"--adapter {adapter_dir}: does not fit this model ({first_line(e)})") from None
+        _check_adapter_loaded(adapter_dir, wrapped, caught)
+        config = wrapped.peft_config[wrapped.active_adapter]
+        source = f"adapter {adapter_dir}"
+    else:
+        if config_file:
+            config = _config_from_file(config_file, LoraConfig)
+            source = f"LoraConfig {config_file}"
+        else:
+            if r < 1:
+                raise TracerError(f"--lora-r {r}: must be at least 1")
+            config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=parse_targets(targets, report))
+            source = "auto targets (step 8)" if targets == "auto" else f"--lora-targets {targets}"
+        try:
+            wrapped = get_peft_model(model, config)
+        except ValueError as e:
+            raise TracerError(f"LoRA targets {_show(config.target_modules)} match nothing in this model "
+                              f"({first_line(e)}); step 7 lists the names it has") from None
+    layers = sum(1 for n, _ in wrapped.named_modules() if n.endswith(".lora_A"))
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    setup = {"source": source, "target_modules": _show(config.target_modules), "r": config.r,
+             "use_dora": bool(getattr(config, "use_dora", False)), "layers": layers, "trainable_params": trainable}
+    return wrapped, setup
+
+
+def _check_adapter_loaded(adapter_dir: str, wrapped, caught) -> None:
+    """peft only warns when an adapter's weights name layers this model lacks: refuse when none loaded."""
+    missing = [w for w in caught if "missing adapter keys" in str(w.message)]
+    if not missing:
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return
+    lora_params = [n for n, _ in wrapped.named_parameters() if ".lora_" in n]
+    text = str(missing[0].message)
+    if all(n in text for n in lora_params):
+        base = wrapped.peft_config[wrapped.active_adapter].auto_mapping or {}
+        made_for = f" (made for {base['base_model_class']})" if base.get("base_model_class") else ""
+        raise TracerError(f"--adapter {adapter_dir}: does not fit this model: none of its weights match "
+                          f"a layer here{made_for}")
+    warnings.warn(f"--adapter {adapter_dir}: some LoRA weights were not in the adapter and keep their "
+                  "initial values", stacklevel=2)
+
+
+def _config_from_file(path: str, config_cls):
+    file = Path(path)
+    if not file.is_file():
+        raise TracerError(f"--lora-config {path}: no such file")
+    try:
+        values = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TracerError(f"--lora-config {path}: not valid JSON ({first_line(e)})") from None
+    if not isinstance(values, dict):
+        raise TracerError(f"--lora-config {path}: expected a JSON object (a LoraConfig)")
+    values.pop("peft_type", None)
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as e:
+        raise TracerError(f"--lora-config {path}: not a valid LoraConfig ({first_line(e)})") from None
+
+
+def requested_gaps(report: StaticReport, target_modules) -> list[dict]:
+    """Requested names that match nothing in a component that has Linear layers, with what it uses instead."""
+    if isinstance(target_modules, str):
+        return []
+    names = set(target_modules or [])
+    return [{"name": g.name, "component": g.component, "use_instead": g.use_instead}
+            for g in report.target_gaps if g.name in names]
+
+
+def suggest_targets(report: StaticReport) -> dict:
+    """target_modules that attach LoRA only to what the chosen strategy runs: a list and a regex."""
+    strategy = report.strategy
+    names = list(strategy.lora_targets)
+    alternatives = "|".join(names)
+    if strategy.chosen == "audio_tower" and report.audio_encoder is not None:
+        path = _strip_peft_prefix(report.audio_encoder.path)
+        regex = rf"{re.escape(path)}\..*\.({alternatives})"
+        note = ("a plain list also matches same-named layers outside the audio encoder "
+                "(q_proj/k_proj/v_proj exist in the language model too): use the regex")
+    else:
+        regex = rf".*\.({alternatives})"
+        note = "the whole model runs: the list is enough"
+    return {"strategy": strategy.chosen, "list": names, "regex": regex, "note": note}
+
+
+def _strip_peft_prefix(path: str) -> str:
+    return path[len("base_model.model."):] if path.startswith("base_model.model.") else path
+
+
+def _show(target_modules):
+    if isinstance(target_modules, (set, frozenset)):
+        return sorted(target_modules)
+    return target_modules
