@@ -106,7 +106,7 @@ def test_failure_in_one_strategy_leaves_the_other_intact(error):
 
 def test_cli_full_run_json_has_runs_and_comparison(capsys, tmp_path):
     out = tmp_path / "run.json"
-    code = main(["--repeats", "1", "--warmup", "0", "--json", str(out)])
+    code = main(["--repeats", "1", "--warmup", "0", "--no-lora", "--json", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "[RUN audio_tower]" in stdout and "[RUN full_forward]" in stdout and "[COMPARISON]" in stdout
