@@ -129,6 +129,9 @@ def _validate(args) -> None:
 
 def _run(args) -> int:
     _validate(args)
+    import warnings
+    # peft 0.21 calls a transformers API that 5.x deprecated: noise for our users, not theirs to fix
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     from .discovery import static_report
     from .loading import load_model, resolve_device, resolve_dtype
     from .reporting import SCHEMA_VERSION, clip_record, render_clip, render_static, write_json_atomic
@@ -190,7 +193,8 @@ def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
     payload["comparison"] = comparison
     if setup is not None:
         from .lora import requested_gaps, suggest_targets
-        diagnosis = {"requested_gaps": requested_gaps(report, setup["target_modules"]),
+        explicit = args.lora_targets != "auto" or args.lora_config or args.adapter
+        diagnosis = {"requested_gaps": requested_gaps(report, setup["target_modules"]) if explicit else [],
                      "suggested_target_modules": suggest_targets(report),
                      "dead_groups": {name: dead_groups_of(run) for name, run in runs.items() if "lora" in run}}
         print(render_lora_diagnosis(runs, diagnosis))

@@ -4,6 +4,14 @@ from __future__ import annotations
 from tabulate import tabulate
 
 
+PEFT_PREFIX = "base_model.model."
+
+
+def short(path: str) -> str:
+    """A module path without PEFT's wrapper prefix, for tables (the JSON keeps the full path)."""
+    return path.replace(PEFT_PREFIX, "", 1) if path.startswith(PEFT_PREFIX) else path
+
+
 def fmt_bytes(n) -> str:
     if n is None:
         return "-"
@@ -43,7 +51,7 @@ def render_run(name: str, run: dict, top: int = 8, verbose: bool = False) -> str
     chosen = executed if verbose else sorted(executed, key=lambda m: -m["self_forward_ms"])[:top]
     title = "every executed module" if verbose else f"slowest {len(chosen)} modules by self forward time"
     out.append(f"  {title}:")
-    rows = [[m["path"] or "(root)", m["class"], m["calls"], fmt_ms(m["self_forward_ms"]), fmt_ms(m["backward_ms"]),
+    rows = [[short(m["path"]) or "(root)", m["class"], m["calls"], fmt_ms(m["self_forward_ms"]), fmt_ms(m["backward_ms"]),
              ", ".join(m["outputs"][:2]), fmt_bytes(m["saved_bytes"])] for m in chosen]
     out.append(tabulate(rows, headers=["module", "class", "calls", "self fwd ms", "bwd ms", "output",
                                        "saved"], tablefmt="simple", disable_numparse=True))
@@ -72,7 +80,8 @@ def render_comparison(runs: dict, comparison: dict, audio_tokens) -> str:
     out = ["\n[COMPARISON] full_forward vs audio_tower on the same clip, dtype and device",
            tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
                     disable_numparse=True),
-           "  only full_forward runs: " + (", ".join(comparison["only_in_full_forward_layers"]) or "nothing")]
+           "  only full_forward runs: " + (", ".join(short(p) for p in comparison["only_in_full_forward_layers"])
+                                        or "nothing")]
     return "\n".join(out)
 
 
@@ -94,7 +103,7 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
            tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
     for name, groups in diagnosis["dead_groups"].items():
         for g in groups:
-            out.append(f"  {g['pattern']}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
+            out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
                        + (f"; fix: {g['hint']}" if g["hint"] else ""))
     if any(r.get("status") == "ok" and any(x["status"] == "zero_init" for x in r.get("lora", []))
            for r in runs.values()):
