@@ -170,7 +170,8 @@ def _run(args) -> int:
 def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
     from .errors import EXIT_STRATEGY_FAILED
     from .diagnosis import dead_groups_of
-    from .report_runtime import render_comparison, render_lora_diagnosis, render_lora_setup, render_run
+    from .report_runtime import (render_comparison, render_confirmation, render_lora_diagnosis, render_lora_setup,
+                                 render_run)
     from .strategies import RunOptions, compare, run_strategies
     if loaded.on_meta:
         raise TracerError("a model on the meta device has no weights to run: add --static-only")
@@ -191,6 +192,10 @@ def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
         print(render_comparison(runs, comparison, inputs.accounting.audio_tokens))
     payload["runs"] = runs
     payload["comparison"] = comparison
+    from .confirmation import confirm
+    static_paths = {row.path for row in run_report.tree}
+    verdicts = confirm(run_report, runs, payload.get("clip"), static_paths)
+    payload["confirmation"] = [v.to_dict() for v in verdicts]
     if setup is not None:
         from .lora import requested_gaps, suggest_targets
         explicit = args.lora_targets != "auto" or args.lora_config or args.adapter
@@ -200,6 +205,7 @@ def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
         print(render_lora_diagnosis(runs, diagnosis))
         payload["lora_setup"] = setup
         payload["lora_diagnosis"] = diagnosis
+    print(render_confirmation(verdicts))
     return EXIT_STRATEGY_FAILED if any(r["status"] == "failed" for r in runs.values()) else EXIT_OK
 
 

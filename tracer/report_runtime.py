@@ -116,3 +116,23 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
     out.append(f"  suggested target_modules for {s['strategy']}: {s['list']}, or the regex r\"{s['regex']}\" "
                f"({s['note']})")
     return "\n".join(out)
+
+
+def render_confirmation(verdicts: list) -> str:
+    rows = [[v.claim, v.strategy or "", v.claimed, v.observed, paint(v.verdict.upper(), v.verdict)]
+            for v in verdicts]
+    out = ["\n[CONFIRMATION] the static report checked against what ran (refuted claims first)",
+           tabulate(rows, headers=["claim", "strategy", "claimed", "observed", "verdict"], tablefmt="simple",
+                    disable_numparse=True)]
+    out += [f"  {paint('!', 'refuted')} {v.claim} ({v.strategy}): {v.todo}" for v in verdicts
+            if v.verdict == "refuted" and v.todo]
+    return "\n".join(out)
+
+
+COLOURS = {"confirmed": "32", "refuted": "31", "failed": "31", "noted": "33"}
+USE_COLOUR = False  # set by the CLI: only on a TTY, and never with NO_COLOR
+
+
+def paint(text: str, kind: str) -> str:
+    code = COLOURS.get(kind)
+    return f"\033[{code}m{text}\033[0m" if USE_COLOUR and code else text

@@ -1,0 +1,53 @@
+"""The static report's claims checked against what ran: all hold on the built-in model; a run-time change
+turns the right claim red."""
+import torch
+
+from test_strategies_support import tiny_inputs
+from tracer.confirmation import confirm
+from tracer.discovery import static_report
+from tracer.reporting import clip_record
+from tracer.strategies import RunOptions, run_strategies
+
+
+def verdicts_for(mutate=None):
+    loaded, inputs = tiny_inputs()
+    model = loaded.model
+    report = static_report(model)
+    if mutate:
+        mutate(model)
+    runs = run_strategies(model, report, inputs, RunOptions(1, 0), torch.device("cpu"))
+    clip = {"audio_tokens": inputs.accounting.audio_tokens, "prompt_tokens": inputs.prompt_tokens,
+            "target_tokens": inputs.target_tokens}
+    return {(v.claim, v.strategy): v for v in confirm(report, runs, clip, {r.path for r in report.tree})}
+
+
+def test_builtin_model_every_claim_holds_but_never_called_is_noted():
+    verdicts = verdicts_for()
+    assert {v.verdict for v in verdicts.values()} == {"confirmed", "noted"}
+    never = verdicts[("modules registered but never called", "audio_tower")]
+    assert never.verdict == "noted" and never.observed == "model.audio_tower.embed_positions"
+    assert verdicts[("audio encoder layers executed", "audio_tower")].observed == "2"
+    seq = verdicts[("LM sequence = prompt + target tokens, 105 of them audio", "full_forward")]
+    assert seq.claimed == seq.observed == "273"
+
+
+def test_skipped_encoder_layer_at_run_time_refutes_layer_count():
+    def skip_layers(model):
+        model.model.audio_tower.layerdrop = 1.0  # every layer dropped, as LayerDrop does in train mode
+        model.train()
+
+    verdicts = verdicts_for(skip_layers)
+    layers = verdicts[("audio encoder layers executed", "audio_tower")]
+    assert (layers.verdict, layers.claimed, layers.observed) == ("refuted", "2", "0")
+    assert "layerdrop" in layers.todo
+    ordered = list(verdicts.values())
+    assert ordered[0].verdict == "refuted"  # refuted claims are shown first
+    assert verdicts[("audio encoder hidden size (last dim of its output)", "audio_tower")].verdict == "confirmed"
+
+
+def test_clip_record_round_trip_is_what_confirmation_reads():
+    loaded, inputs = tiny_inputs()
+    from tracer.audio import load_clip
+    from test_strategies_support import ROOT
+    record = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)
+    assert record["prompt_tokens"] + record["target_tokens"] == inputs.full["input_ids"].shape[1]

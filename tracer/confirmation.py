@@ -1,0 +1,122 @@
+"""Confirmation: each claim of the static report beside what the traced runs executed, with a verdict."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .discovery import StaticReport
+
+CONFIRMED, REFUTED, NOTED, NOT_CHECKED = "confirmed", "refuted", "noted", "not checked"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    claimed: str
+    observed: str
+    verdict: str
+    strategy: str | None
+    todo: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _last_dim(shape: str | None) -> int | None:
+    """'1x750x64 float32' -> 64."""
+    if not shape or " " not in shape:
+        return None
+    dims = shape.split(" ")[0].split("x")
+    return int(dims[-1]) if dims[-1].isdigit() else None
+
+
+def _dims(shape: str | None) -> list[int]:
+    if not shape or " " not in shape:
+        return []
+    return [int(d) for d in shape.split(" ")[0].split("x") if d.isdigit()]
+
+
+def confirm(report: StaticReport, runs: dict, clip: dict | None, static_paths: set[str]) -> list[Verdict]:
+    """Verdicts, refuted ones first. ``report`` is the static report of the model that ran."""
+    out: list[Verdict] = []
+    ok = {name: run for name, run in runs.items() if run.get("status") == "ok"}
+    enc, lm = report.audio_encoder, report.language_model
+    encoder_run = next((n for n in ("audio_tower", "full_forward") if n in ok), None)
+    if enc is not None and encoder_run:
+        mods = {m["path"]: m for m in ok[encoder_run]["modules"]}
+        layer_list = _layer_list_path(mods, enc.path)
+        ran = sum(1 for p, m in mods.items() if m["executed"] and p.rpartition(".")[0] == layer_list)
+        out.append(_verdict("audio encoder layers executed", enc.num_layers, ran, encoder_run,
+                            "layers were skipped at run time (layerdrop in train mode, an early exit, or a "
+                            "patched forward): check model.train()/encoder_layerdrop"))
+        seen = _last_dim((mods.get(enc.path) or {}).get("outputs", [None])[0] if mods.get(enc.path) else None)
+        out.append(_verdict("audio encoder hidden size (last dim of its output)", enc.hidden_size, seen,
+                            encoder_run, "the config's d_model does not match the weights: check the checkpoint"))
+    if lm is not None and "full_forward" in ok:
+        mods = {m["path"]: m for m in ok["full_forward"]["modules"]}
+        record = mods.get(lm.path, {})
+        out.append(_verdict("language model hidden size (last dim of its output)", lm.hidden_size,
+                            _last_dim((record.get("outputs") or [None])[0]), "full_forward",
+                            "the text config's hidden_size does not match what ran"))
+        if clip and clip.get("audio_tokens") is not None:
+            seq = max((_dims(s)[1] for s in record.get("inputs", []) if len(_dims(s)) == 3), default=None)
+            expected = clip["prompt_tokens"] + clip["target_tokens"]
+            out.append(_verdict(f"LM sequence = prompt + target tokens, {clip['audio_tokens']} of them audio",
+                                expected, seq, "full_forward",
+                                "audio tokens were not expanded as claimed: the processor and the model "
+                                "disagree on the audio length (check the feature extractor's settings)"))
+    for name, run in ok.items():
+        out.append(_components_verdict(name, run, report))
+        lora = run.get("lora") or []
+        needed = [r for r in lora if name == "full_forward" or r["component"] == "audio_encoder"]
+        missing = [r["path"] for r in needed if not r["executed"]]
+        if needed:
+            out.append(Verdict("every LoRA layer this strategy needs executed", f"{len(needed)} layers",
+                               f"{len(needed) - len(missing)} executed", REFUTED if missing else CONFIRMED, name,
+                               f"not executed: {', '.join(map(_short, missing[:4]))}{' …' if len(missing) > 4 else ''}"
+                               if missing else ""))
+    for name, run in ok.items():
+        executed = [m["path"] for m in run["modules"] if m["executed"]]
+        # NB: a wrapper bypassed on the way down (PEFT's LoraModel) is not "never called" in any useful sense
+        never = [m["path"] for m in run["modules"] if not m["executed"] and not m["container"]
+                 and (name == "full_forward" or _under(m["path"], enc.path if enc else None))
+                 and not any(_under(p, m["path"]) for p in executed)]
+        out.append(Verdict("modules registered but never called", "-", ", ".join(map(_short, never[:6])) or "none", NOTED,
+                           name, "expected for weights read directly (Qwen2-Audio's embed_positions)"))
+        new = sorted({m["path"] for m in run["modules"]} - static_paths)
+        out.append(Verdict("every module that ran is in the static tree", "yes",
+                           "yes" if not new else ", ".join(map(_short, new[:4])), REFUTED if new else CONFIRMED, name,
+                           "modules were created at run time; rerun the static report after setup" if new else ""))
+    return sorted(out, key=lambda v: v.verdict != REFUTED)
+
+
+def _verdict(claim, claimed, observed, strategy, todo) -> Verdict:
+    if claimed is None or observed is None:
+        return Verdict(claim, str(claimed), str(observed), NOT_CHECKED, strategy, "")
+    good = claimed == observed
+    return Verdict(claim, f"{claimed:,}", f"{observed:,}", CONFIRMED if good else REFUTED, strategy,
+                   "" if good else todo)
+
+
+def _components_verdict(name: str, run: dict, report: StaticReport) -> Verdict:
+    ran = {c for c, s in run["stages"].items() if s["modules_executed"] and c != "other"}
+    claimed = {"audio_encoder"} if name == "audio_tower" else {
+        c for c, n in report.components.items() if n and c != "other"}
+    good = ran == claimed
+    return Verdict("components the strategy runs", ", ".join(sorted(claimed)), ", ".join(sorted(ran)),
+                   CONFIRMED if good else REFUTED, name,
+                   "" if good else "the forward path differs from the structure: check custom forward code")
+
+
+def _layer_list_path(mods: dict, encoder_path: str) -> str | None:
+    for suffix in ("layers", "layer", "blocks"):
+        if f"{encoder_path}.{suffix}" in mods:
+            return f"{encoder_path}.{suffix}"
+    return None
+
+
+def _short(path: str) -> str:
+    return path.removeprefix("base_model.model.")
+
+
+def _under(path: str, root: str | None) -> bool:
+    return root is not None and (path == root or path.startswith(root + "."))
