@@ -20,6 +20,7 @@ examples:
   bin/trace samples/sample.wav
   bin/trace my.flac --model Qwen/Qwen2-Audio-7B-Instruct --device cuda
   bin/trace --config samples/qwen2-audio-7b.json --static-only --json out.json
+  bin/trace diff out.json:audio_tower out.json:full_forward
 
 exit codes: 0 ok, 2 bad input or usage, 3 a strategy failed (the rest reported), 1 unexpected"""
 
@@ -75,14 +76,55 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--static-only", action="store_true", help="print the static report only; run nothing")
     out.add_argument("--depth", type=int, default=4, help="module tree depth in the text report (default 4)")
     out.add_argument("--json", metavar="FILE", help="write the full record as JSON (schema_version 1)")
+    out.add_argument("--chrome-trace", metavar="FILE", help="write a Trace Event JSON for Perfetto / "
+                                                             "chrome://tracing (every module call, fwd and bwd)")
+    out.add_argument("--plot", metavar="FILE.png", help="write a PNG: per-layer time, LoRA grad norms by status, "
+                                                         "the strategies compared (needs matplotlib)")
+    out.add_argument("--markdown", metavar="FILE", help="write the whole report as Markdown")
+    out.add_argument("--quiet", action="store_true", help="print only errors and the paths written")
     out.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     return p
 
 
+def build_diff_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="trace diff", description="Compare two traced runs (two strategies, two models, or "
+                                               "before/after a LoraConfig change).",
+                epilog="examples:\n  bin/trace diff out.json:audio_tower out.json:full_forward\n"
+                       "  bin/trace diff before.json after.json   (each strategy both have)",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", metavar="A.json[:STRATEGY]")
+    p.add_argument("b", metavar="B.json[:STRATEGY]")
+    p.add_argument("--json", metavar="FILE", help="write the differences as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["diff"]:
+        args = build_diff_parser().parse_args(argv[1:])
+        return _guarded(args, lambda: _diff(args))
     args = build_parser().parse_args(argv)
+    return _guarded(args, lambda: _job(args))
+
+
+def _diff(args) -> int:
+    from .diff import run_diff
+    if args.json:
+        from .loading import check_output_path
+        check_output_path(args.json, "--json")
+    return run_diff(args.a, args.b, args.json)
+
+
+def _job(args) -> int:
+    _validate(args)
+    from .app import run_job
+    return run_job(args)
+
+
+def _guarded(args, work) -> int:
     try:
-        return _run(args)
+        return work()
     except TracerError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -116,8 +158,9 @@ def _validate(args) -> None:
         raise TracerError(f"--depth {args.depth}: must be 0 or more")
     if args.dtype not in DTYPES:
         raise TracerError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
-    if args.json:
-        check_output_path(args.json, "--json")
+    for flag in ("json", "chrome_trace", "plot", "markdown"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.clip or not args.static_only:
         from .audio import check_clip_args
         from .loading import BUILTIN_CLIP
@@ -125,102 +168,3 @@ def _validate(args) -> None:
             shown = os.path.relpath(BUILTIN_CLIP)
             args.clip = str(BUILTIN_CLIP) if shown.startswith("..") else shown
         check_clip_args(args.clip, args.offset, args.duration)
-
-
-def _run(args) -> int:
-    _validate(args)
-    import warnings
-    # peft 0.21 calls a transformers API that 5.x deprecated: noise for our users, not theirs to fix
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    from .discovery import static_report
-    from .loading import load_model, resolve_device, resolve_dtype
-    from .reporting import SCHEMA_VERSION, clip_record, render_clip, render_static, write_json_atomic
-
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    loaded = load_model(args.model, args.config, device=device, dtype=dtype, static_only=args.static_only,
-                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    if loaded.source == "builtin":
-        print("note: built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
-              "noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
-    report = static_report(loaded.model)
-    print(render_static(report, depth=args.depth))
-    clip = inputs = None
-    if args.clip:
-        clip, inputs = _load_inputs(args, loaded, report)
-        print(render_clip(clip.info, inputs))
-    payload = {
-        "schema_version": SCHEMA_VERSION,
-        "model": {"name": loaded.name, "class": report.model_class, "module": report.model_module,
-                  "dtype": str(dtype).replace("torch.", ""), "device": "meta" if loaded.on_meta else str(device),
-                  "params_total": report.params_total, "params_trainable": report.params_trainable},
-        "static": report.to_dict(),
-    }
-    if clip is not None:
-        payload["clip"] = clip_record(clip.info, inputs)
-    code = EXIT_OK
-    if not args.static_only:
-        code = _run_strategies(args, loaded, report, inputs, device, payload)
-    if args.json:
-        write_json_atomic(args.json, payload)
-        print(f"\nwrote {args.json}")
-    return code
-
-
-def _run_strategies(args, loaded, report, inputs, device, payload) -> int:
-    from .errors import EXIT_STRATEGY_FAILED
-    from .diagnosis import dead_groups_of
-    from .report_runtime import (render_comparison, render_confirmation, render_lora_diagnosis, render_lora_setup,
-                                 render_run)
-    from .strategies import RunOptions, compare, run_strategies
-    if loaded.on_meta:
-        raise TracerError("a model on the meta device has no weights to run: add --static-only")
-    model, run_report, setup = loaded.model, report, None
-    if not args.no_lora:
-        from .discovery import static_report
-        from .lora import attach_lora
-        model, setup = attach_lora(model, report, targets=args.lora_targets, r=args.lora_r,
-                                   config_file=args.lora_config, adapter_dir=args.adapter)
-        run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
-        print(render_lora_setup(setup))
-    options = RunOptions(repeats=args.repeats, warmup=args.warmup, loss=args.loss, progress=True)
-    runs = run_strategies(model, run_report, inputs, options, device, which=args.strategy)
-    for name, run in runs.items():
-        print(render_run(name, run, top=args.top, verbose=args.verbose))
-    comparison = compare(runs, run_report)
-    if args.strategy == "both":
-        print(render_comparison(runs, comparison, inputs.accounting.audio_tokens))
-    payload["runs"] = runs
-    payload["comparison"] = comparison
-    from .confirmation import confirm
-    static_paths = {row.path for row in run_report.tree}
-    verdicts = confirm(run_report, runs, payload.get("clip"), static_paths)
-    payload["confirmation"] = [v.to_dict() for v in verdicts]
-    if setup is not None:
-        from .lora import requested_gaps, suggest_targets
-        explicit = args.lora_targets != "auto" or args.lora_config or args.adapter
-        diagnosis = {"requested_gaps": requested_gaps(report, setup["target_modules"]) if explicit else [],
-                     "suggested_target_modules": suggest_targets(report),
-                     "dead_groups": {name: dead_groups_of(run) for name, run in runs.items() if "lora" in run}}
-        print(render_lora_diagnosis(runs, diagnosis))
-        payload["lora_setup"] = setup
-        payload["lora_diagnosis"] = diagnosis
-    print(render_confirmation(verdicts))
-    return EXIT_STRATEGY_FAILED if any(r["status"] == "failed" for r in runs.values()) else EXIT_OK
-
-
-def _load_inputs(args, loaded, report):
-    from .audio import load_clip
-    from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_inputs
-    from .loading import processor_for
-    processor, note = processor_for(loaded)
-    if note:
-        print(f"note: {note}")
-    fe = feature_extractor_of(processor)
-    clip = load_clip(args.clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", 30)),
-                     offset=args.offset, duration=args.duration)
-    modules = dict(loaded.model.named_modules())
-    encoder = modules[report.audio_encoder.path] if report.audio_encoder else None
-    inputs = prepare_inputs(processor, loaded.model, encoder, clip, prompt=args.prompt or DEFAULT_PROMPT,
-                            target=args.target or DEFAULT_TARGET)
-    return clip, inputs

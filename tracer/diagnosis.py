@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .naming import collapse_layer_ranges
+from .naming import collapse_paths
 
 STATUSES = ("ok", "zero_init", "not_executed", "frozen", "no_grad_mode", "off_loss_path", "disabled",
             "zero_grad", "nonfinite")
@@ -153,27 +153,8 @@ def dead_groups(records: list[LoraLayerRecord]) -> list[dict]:
     for r in records:
         if r.status not in ("ok", "zero_init"):
             by_status.setdefault(r.status, []).append(r)
-    groups = []
-    for status, rs in by_status.items():
-        collapsed = collapse_layer_ranges(dict.fromkeys(r.path for r in rs))
-        by_parent: dict = {}
-        for path, count in collapsed:
-            parent, _, leaf = path.rpartition(".")
-            by_parent.setdefault(parent, []).append((leaf, count))
-        for parent, leaves in by_parent.items():
-            names = [leaf for leaf, _ in leaves]
-            groups.append({"pattern": f"{parent}.{_brace(names)}" if parent else _brace(names),
-                           "status": status, "count": sum(c for _, c in leaves), "cause": rs[0].cause,
-                           "hint": rs[0].hint})
-    return groups
-
-
-def _brace(names: list[str]) -> str:
-    if len(names) == 1:
-        return names[0]
-    suffix = "_proj" if all(n.endswith("_proj") for n in names) else ""
-    stems = [n[: -len(suffix)] if suffix else n for n in names]
-    return "{" + ",".join(stems) + "}" + suffix
+    return [{"pattern": pattern, "status": status, "count": count, "cause": rs[0].cause, "hint": rs[0].hint}
+            for status, rs in by_status.items() for pattern, count in collapse_paths(dict.fromkeys(r.path for r in rs))]
 
 
 def dead_groups_of(run: dict) -> list[dict]:

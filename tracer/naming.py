@@ -38,3 +38,43 @@ def collapse_layer_ranges(paths) -> list[tuple[str, int]]:
         middle = _ranges(indices)
         out.append((".".join(p for p in (prefix, middle, suffix) if p), len(indices)))
     return out
+
+
+def proper_ancestors(path: str) -> list[str]:
+    """'a.b.c' -> ['', 'a', 'a.b']."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))] if path else []
+
+
+def new_roots(executed: set[str], baseline: set[str]) -> tuple[list[str], list[str]]:
+    """What runs in ``executed`` but not in ``baseline``, as subtree roots and as collapsed layer ranges.
+
+    Wrappers above the baseline's modules are left out: they run in both senses and say nothing.
+    """
+    ancestors = {a for p in baseline for a in proper_ancestors(p)}
+    new = sorted(p for p in executed - baseline if p not in ancestors)
+    new_set = set(new)
+    roots = [p for p in new if not any(a in new_set for a in proper_ancestors(p))]
+    layers = [p for p in new if p in roots or p.rpartition(".")[2].isdigit()]
+    return roots, [f"{p} ×{n}" if n > 1 else p for p, n in collapse_layer_ranges(layers)]
+
+
+def collapse_paths(paths) -> list[tuple[str, int]]:
+    """Layer ranges, then sibling leaves in braces: ``lm.layers.0-31.self_attn.{q,k,v,o}_proj`` (128)."""
+    by_parent: dict[str, list[tuple[str, int]]] = {}
+    for path, count in collapse_layer_ranges(paths):
+        parent, _, leaf = path.rpartition(".")
+        by_parent.setdefault(parent, []).append((leaf, count))
+    out = []
+    for parent, leaves in by_parent.items():
+        names = _brace([leaf for leaf, _ in leaves])
+        out.append((f"{parent}.{names}" if parent else names, sum(c for _, c in leaves)))
+    return out
+
+
+def _brace(names: list[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    suffix = "_proj" if all(n.endswith("_proj") for n in names) else ""
+    stems = [n[: -len(suffix)] if suffix else n for n in names]
+    return "{" + ",".join(stems) + "}" + suffix

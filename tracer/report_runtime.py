@@ -9,7 +9,9 @@ PEFT_PREFIX = "base_model.model."
 
 def short(path: str) -> str:
     """A module path without PEFT's wrapper prefix, for tables (the JSON keeps the full path)."""
-    return path.replace(PEFT_PREFIX, "", 1) if path.startswith(PEFT_PREFIX) else path
+    if path in ("base_model", "base_model.model"):
+        return ""  # PEFT's wrappers stand for the model itself
+    return path[len(PEFT_PREFIX):] if path.startswith(PEFT_PREFIX) else path
 
 
 def fmt_bytes(n) -> str:

@@ -1,11 +1,6 @@
 """Reporting: render records as text (tabulate) and write JSON atomically. The only place that formats."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-
 from tabulate import tabulate
 
 from .discovery import COMPONENTS, StaticReport
@@ -134,20 +129,6 @@ def _collapse_siblings(rows: list) -> list:
             out.append((row, name, 1))
         i = j
     return out
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    """Temp file in the same directory, then rename: a reader never sees half a file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def clip_record(info, inputs) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -12,7 +12,7 @@ from .discovery import COMPONENTS, StaticReport
 from .errors import first_line
 from .hooks import Tracer
 from .memory import PeakMemory
-from .naming import collapse_layer_ranges
+from .naming import new_roots
 
 STRATEGIES = ("audio_tower", "full_forward")
 LOSSES = ("pooled_l2", "pooled_mean")
@@ -24,6 +24,7 @@ class RunOptions:
     warmup: int = 1
     loss: str = "pooled_l2"
     progress: bool = False
+    keep_calls: bool = False  # per-call records, for the Chrome trace
 
 
 def tower_loss(hidden: torch.Tensor, valid_tokens: int | None, loss: str) -> torch.Tensor:
@@ -100,6 +101,8 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         e.failed_in = tracer.failed_in  # the last module that ran, for the report
         raise
     record = tracer.result()
+    if options.keep_calls:
+        record["calls"] = [asdict(c) for c in tracer.calls()]
     untraced_ms = statistics.median(forward) + statistics.median(backward)
     stages = stage_rollup(record["modules"], report, model)
     executed = [m for m in record["modules"] if m["executed"]]
@@ -179,15 +182,7 @@ def compare(runs: dict, report: StaticReport) -> dict:
         return {"latency_ratio_full_over_tower": None, "only_in_full_forward": []}
     executed = {name: {m["path"] for m in run["modules"] if m["executed"]} for name, run in
                 (("audio_tower", tower), ("full_forward", full))}
-    only = executed["full_forward"] - executed["audio_tower"]
-    # Wrappers above the encoder run in full_forward only, but say nothing: keep the roots of what is new.
-    ancestors = {p.rpartition(".")[0] for p in executed["audio_tower"]}
-    while "" not in ancestors and ancestors:
-        ancestors |= {p.rpartition(".")[0] for p in ancestors if p}
-    new = sorted(p for p in only if p not in ancestors)
-    new_set = set(new)
-    roots = [p for p in new if not any(a in new_set for a in _proper_ancestors(p))]
-    layers = [p for p in new if p in roots or p.rpartition(".")[2].isdigit()]
+    roots, layers = new_roots(executed["full_forward"], executed["audio_tower"])
 
     def ratio(key, sub="median"):
         a, b = tower[key][sub] if sub else tower[key], full[key][sub] if sub else full[key]
@@ -199,14 +194,9 @@ def compare(runs: dict, report: StaticReport) -> dict:
         "memory_ratio_full_over_tower": ratio("peak_memory_bytes", None),
         "params_ratio_full_over_tower": ratio("params_executed", None),
         "only_in_full_forward": roots,
-        "only_in_full_forward_layers": [f"{p} ×{n}" if n > 1 else p for p, n in collapse_layer_ranges(layers)],
+        "only_in_full_forward_layers": layers,
         "only_in_audio_tower": sorted(executed["audio_tower"] - executed["full_forward"]),
     }
-
-
-def _proper_ancestors(path: str) -> list[str]:
-    parts = path.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts))] if path else []
 
 
 def _progress(iterable, desc: str, enabled: bool):

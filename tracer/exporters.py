@@ -1,0 +1,133 @@
+"""Exporters: Chrome/Perfetto trace, Markdown and a PNG plot, each written atomically (temp file, rename)."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .report_runtime import short
+
+ANSI = re.compile(r"\033\[[0-9;]*m")
+SECTION = re.compile(r"^\[([A-Z][A-Z ]*[A-Z0-9]*)\]\s*(.*)$")
+
+
+def write_atomic(path: str, write) -> None:
+    """``write(tmp_path)`` fills a temp file in the target's directory, then it replaces ``path`` at once."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent or ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def chrome_trace(runs: dict) -> dict:
+    """Trace Event JSON: one process per strategy; forward, backward and recompute tracks; one complete
+    event per module call, nested by time (Perfetto and chrome://tracing open it)."""
+    events = []
+    for pid, (name, run) in enumerate(runs.items(), start=1):
+        if run.get("status") != "ok" or "calls" not in run:
+            continue
+        events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
+        for tid, track in ((1, "forward"), (2, "backward"), (3, "recompute (checkpointing)")):
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": track}})
+        for call in run["calls"]:
+            args = {"inputs": call["inputs"], "outputs": call["outputs"], "output_bytes": call["output_bytes"],
+                    "saved_bytes": call["saved_bytes"], "grad_enabled": call["grad_enabled"],
+                    "memory_delta_bytes": call["memory_delta_bytes"], "peak_bytes": call["peak_bytes"]}
+            label = short(call["path"]) or "(root)"
+            events.append({"name": label, "cat": "recompute" if call["recompute"] else "forward", "ph": "X",
+                           "ts": call["start_ns"] / 1e3, "dur": (call["end_ns"] - call["start_ns"]) / 1e3,
+                           "pid": pid, "tid": 3 if call["recompute"] else 1, "args": args})
+            start, end = call["backward_start_ns"], call["backward_end_ns"]
+            if start is not None and end is not None and end >= start:
+                events.append({"name": label, "cat": "backward", "ph": "X", "ts": start / 1e3,
+                               "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": 1}}
+
+
+def markdown(text: str, title: str) -> str:
+    """The terminal report as Markdown: one heading and one fenced block per section."""
+    out = [f"# {title}", ""]
+    block: list[str] = []
+
+    def flush():
+        body = "\n".join(block).strip("\n")
+        if body:
+            out.extend(["```", body, "```", ""])
+        block.clear()
+
+    for line in ANSI.sub("", text).splitlines():
+        match = SECTION.match(line)
+        if match:
+            flush()
+            out.extend([f"## {match.group(1).title()}: {match.group(2)}" if match.group(2)
+                        else f"## {match.group(1).title()}", ""])
+        else:
+            block.append(line)
+    flush()
+    return "\n".join(out)
+
+
+PLOT_SIZE = (10, 11)  # inches; at PLOT_DPI that is 1000 x 1100 pixels
+PLOT_DPI = 100
+STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "tab:gray", "frozen": "tab:blue",
+                  "no_grad_mode": "tab:purple", "off_loss_path": "tab:orange", "disabled": "tab:brown",
+                  "zero_grad": "tab:pink", "nonfinite": "tab:red"}
+
+
+def plot(runs: dict, path: str) -> None:
+    """Per-layer forward/backward time, LoRA grad norms coloured by status, and the strategy comparison."""
+    try:
+        import matplotlib
+    except ImportError:
+        from .errors import TracerError
+        raise TracerError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = {n: r for n, r in runs.items() if r.get("status") == "ok"}
+    fig, (layers_ax, lora_ax, cmp_ax) = plt.subplots(3, 1, figsize=PLOT_SIZE, dpi=PLOT_DPI)
+    main = ok.get("full_forward") or next(iter(ok.values()), None)
+    if main:
+        rows = [m for m in main["modules"] if m["executed"] and re.search(r"\.(layers|layer|blocks)\.\d+$", m["path"])]
+        xs = range(len(rows))
+        layers_ax.bar([x - 0.2 for x in xs], [m["forward_ms"] for m in rows], 0.4, label="forward")
+        layers_ax.bar([x + 0.2 for x in xs], [m["backward_ms"] or 0 for m in rows], 0.4, label="backward")
+        layers_ax.set_xticks(list(xs), [_layer_label(m["path"]) for m in rows], rotation=90, fontsize=7)
+        layers_ax.legend()
+    layers_ax.set_ylabel("ms")
+    layers_ax.set_title("per-layer time (" + ("full_forward" if "full_forward" in ok else "first strategy") + ")")
+    for marker, (name, run) in zip("os", ok.items()):
+        lora = run.get("lora") or []
+        for status in dict.fromkeys(r["status"] for r in lora):
+            picked = [(i, r) for i, r in enumerate(lora) if r["status"] == status]
+            lora_ax.scatter([i for i, _ in picked], [max(r["grad_norm_B"] or 0, 1e-12) for _, r in picked],
+                            marker=marker, color=STATUS_COLOURS.get(status, "black"), label=f"{name}: {status}")
+    lora_ax.set_yscale("log")
+    lora_ax.set_ylabel("|grad lora_B| (1e-12 = none)")
+    lora_ax.set_title("LoRA gradient norm per layer, coloured by status")
+    if lora_ax.get_legend_handles_labels()[0]:
+        lora_ax.legend(fontsize=7)
+    metrics = [("forward ms", lambda r: r["latency_ms"]["median"]), ("backward ms", lambda r: r["backward_ms"]["median"]),
+               ("peak MiB", lambda r: (r["peak_memory_bytes"] or 0) / 2**20)]
+    width = 0.8 / max(len(ok), 1)
+    for k, (name, run) in enumerate(ok.items()):
+        cmp_ax.bar([i + k * width for i in range(len(metrics))], [get(run) for _, get in metrics], width, label=name)
+    cmp_ax.set_xticks([i + width * (len(ok) - 1) / 2 for i in range(len(metrics))], [m for m, _ in metrics])
+    cmp_ax.set_title("strategies compared")
+    if ok:
+        cmp_ax.legend()
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=PLOT_DPI))
+    plt.close(fig)
+
+
+def _layer_label(path: str) -> str:
+    parts = short(path).split(".")
+    owner = "enc" if "audio" in path or "encoder" in path else "lm"
+    return f"{owner}.{parts[-1]}"
