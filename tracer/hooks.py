@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from functools import partial
 
 import torch
@@ -84,6 +85,7 @@ class Tracer:
         self._containers = [isinstance(m, _CONTAINERS) for _, m in modules]
         self._training = [(m, m.training) for _, m in modules]
         self._calls, self._stack, self._param_times, self._tensor_handles = [], [], [], []
+        self._produced: dict = {}  # id(output tensor) -> (weakref, version, [producer cid, consumer cids])
         self._seen_storage: set = set()
         self.failed_in: str | None = None
         first = next(self.model.parameters(), None)
@@ -96,8 +98,8 @@ class Tracer:
                 self._handles.append(module.register_forward_pre_hook(partial(self._pre, idx), with_kwargs=True))
                 self._handles.append(module.register_forward_hook(partial(self._post, idx), with_kwargs=True,
                                                                   always_call=True))
-                for param in module.parameters(recurse=False):
-                    if param.requires_grad:
+                for param in module._parameters.values():  # NB: parameters(recurse=False) is slow
+                    if param is not None and param.requires_grad:
                         self._handles.append(param.register_post_accumulate_grad_hook(partial(self._param_grad, idx)))
             self._saved_ctx = None
             if self.saved_tensors:
@@ -121,7 +123,7 @@ class Tracer:
             self._saved_ctx = None
         for handle in self._handles + getattr(self, "_tensor_handles", []):
             handle.remove()
-        self._handles, self._tensor_handles, self._stack = [], [], []
+        self._handles, self._tensor_handles, self._stack, self._produced = [], [], [], {}
         for module, training in getattr(self, "_training", []):
             if module.training != training:
                 module.train(training)
@@ -136,15 +138,25 @@ class Tracer:
         if not self._active:
             return None
         grad = torch.is_grad_enabled()
-        items = _flatten(kwargs, _flatten(args, []))
+        if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:  # the common case, fast
+            items = [args[0]]
+        else:
+            items = _flatten(kwargs, _flatten(args, []))
         call = [idx, self._stack[-1] if self._stack else -1, None, None, grad, _in_backward(),
                 [_meta(t) for t in items], None, 0, False, 0, None, None, None, None, None, []]
         cid = len(self._calls)
         self._calls.append(call)
         if grad:
-            hook = partial(self._input_grad, cid)
+            hook = None
             for t in items:
                 if isinstance(t, torch.Tensor) and t.requires_grad:
+                    # NB: an input that is a traced module's untouched output already has a hook: when it
+                    # fires, this call's input gradient is ready too. Saves one hook registration per call.
+                    produced = self._produced.get(id(t))
+                    if produced is not None and produced[0]() is t and produced[1] == t._version:
+                        produced[2].append(cid)
+                        continue
+                    hook = hook or partial(self._input_grad, cid)
                     self._tensor_handles.append(t.register_hook(hook))
         if self._cuda:
             if self._stack:  # NB: nested modules share one peak counter; fold it into the parent first
@@ -165,16 +177,18 @@ class Tracer:
         call[_END] = end
         if output is None and sys.exc_info()[0] is not None and self.failed_in is None:
             self.failed_in = self._paths[idx]  # the innermost module the exception passed through
-        items = _flatten(output, [])
+        items = [output] if type(output) is torch.Tensor else _flatten(output, [])
         call[_OUTPUTS] = [_meta(t) for t in items]
-        hook = partial(self._output_grad, cid) if call[_GRAD] else None
+        grad = call[_GRAD]
         nbytes, requires_grad = 0, False
         for t in items:
             if isinstance(t, torch.Tensor):
                 nbytes += t.numel() * t.element_size()
-                if hook is not None and t.requires_grad:
+                if grad and t.requires_grad:
                     requires_grad = True
-                    self._tensor_handles.append(t.register_hook(hook))
+                    consumers = [cid]  # [producer, consumer calls whose input this tensor is...]
+                    self._tensor_handles.append(t.register_hook(partial(self._output_grad, consumers)))
+                    self._produced[id(t)] = (weakref.ref(t), t._version, consumers)
         call[_OUT_BYTES], call[_OUT_RG] = nbytes, requires_grad
         if self._cuda:
             call[_MEM_AFTER] = torch.cuda.memory_allocated()
@@ -184,12 +198,15 @@ class Tracer:
                 parent[_PEAK] = max(parent[_PEAK] or 0, call[_PEAK])
         return None
 
-    def _output_grad(self, cid, grad):
+    def _output_grad(self, consumers, grad):
         if not self._active:
             return None
-        call = self._calls[cid]
+        now = self._now()
+        call = self._calls[consumers[0]]
         if call[_BW_START] is None:
-            call[_BW_START] = self._now()
+            call[_BW_START] = now
+        for consumer in consumers[1:]:
+            self._calls[consumer][_BW_END] = now
         if self._seen_storage:
             self._seen_storage.clear()  # a backward began: storages from this forward may be reused next
         if self.grad_norms and grad is not None:

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Benchmarks: the tracer's overhead, timing fidelity, memory and scale, beside torch.profiler and torchinfo.
+
+    python3 bench/overhead.py [--quick] [--json bench/results.json]
+
+Everything is measured in one run and reported as ratios (these machines are noisy): A/B passes are
+interleaved after a warm-up and medians are compared. Sections:
+  overhead   fwd+bwd untraced vs traced on a medium Qwen2-Audio and on a stress model of tiny modules,
+             with the floor (no-op hooks) and the added microseconds per module call
+  anchors    torch.profiler (record_shapes, profile_memory, with_modules) and torchinfo.summary
+  fidelity   per-stage times from the traced pass vs the same stages timed untraced
+  memory     peak RSS traced vs untraced; record bytes per module call
+  scale      the 7B static report on meta, with LoRA on every Linear; --help; the main job end to end
+  gpu        the same overhead on CUDA in bf16 with event vs synchronise-per-hook timing (when CUDA exists)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's start/stop lines off stderr
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from tracer.hooks import Tracer  # noqa: E402
+from tracer.memory import PeakMemory  # noqa: E402
+
+MEDIUM = dict(
+    audio_config=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+                      num_mel_bins=128, max_source_positions=1500),
+    text_config=dict(model_type="qwen2", hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                     num_key_value_heads=4, intermediate_size=1536, vocab_size=8000, max_position_embeddings=2048),
+    audio_token_index=7999)
+
+
+def medium_model():
+    """The medium Qwen2-Audio with LoRA on the encoder's q/v (a realistic fine-tune) and its inputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    from tracer.audio import load_clip
+    from tracer.discovery import static_report
+    from tracer.inputs import prepare_inputs
+    from tracer.loading import BUILTIN_CLIP, BUILTIN_MODEL_DIR
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**MEDIUM)).eval()
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
+    encoder = model.model.audio_tower
+    inputs = prepare_inputs(processor, model, encoder, load_clip(str(BUILTIN_CLIP), 16000))
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    return model, inputs, static_report(model)
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.lin(x)) + x
+
+
+def stress_model(blocks=300, width=8):
+    """Many tiny modules: hook cost dominates the arithmetic."""
+    torch.manual_seed(0)
+    return nn.Sequential(*[Block(width) for _ in range(blocks)])
+
+
+def module_calls(model, step) -> int:
+    with Tracer(model, grad_norms=False, saved_tensors=False) as tr:
+        step()
+    return len(tr.calls())
+
+
+class NoOpHooks:
+    """The floor: what PyTorch's hook dispatch costs with hooks that do nothing (forward pre/post, and a
+    tensor hook on each output for backward, the mechanism any per-module backward fact needs)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        def post(module, args, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(lambda g: None)
+
+        self.handles = []
+        for m in self.model.modules():
+            self.handles.append(m.register_forward_pre_hook(lambda m, a: None))
+            self.handles.append(m.register_forward_hook(post))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def timed(step, context_factory):
+    """(forward ms, backward ms) of one pass inside a fresh context."""
+    with context_factory():
+        t0 = time.perf_counter()
+        loss = step()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def interleaved(step, model, contexts: dict, rounds: int, warmup: int = 2) -> dict:
+    """Median forward/backward ms per context, passes interleaved A/B/C… (the order rotating each round)
+    so that every variant shares the machine's noise."""
+    results = {name: ([], []) for name in contexts}
+    names = list(contexts)
+    for r in range(warmup + rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            factory = contexts[name]
+            model.zero_grad(set_to_none=True)
+            f, b = timed(step, factory)
+            if r >= warmup:
+                results[name][0].append(f)
+                results[name][1].append(b)
+    return {n: {"forward_ms": statistics.median(f), "backward_ms": statistics.median(b)}
+            for n, (f, b) in results.items()}
+
+
+class Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+class profiler_context:
+    """torch.profiler with shapes, memory and module names; its C++ start/stop lines kept off stderr."""
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        self._prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True,
+                             with_modules=True)
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._prof.__exit__(*exc)
+        finally:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+
+
+def bench_overhead(quick: bool) -> dict:
+    out = {}
+    model, inputs, report = medium_model()
+    batch = inputs.full
+    step = lambda: model(**batch).loss  # noqa: E731
+    rounds = 3 if quick else 12
+    medium = interleaved(step, model, {"untraced": Nothing, "tracer": lambda: Tracer(model),
+                                       "profiler": profiler_context}, rounds)
+    calls = module_calls(model, step)
+    out["medium"] = {"module_calls": calls, **medium}
+
+    stress = stress_model()
+    x = torch.randn(64, 8, requires_grad=True)
+    sstep = lambda: stress(x).square().mean()  # noqa: E731
+    srounds = 10 if quick else 40
+    s = interleaved(sstep, stress, {"untraced": Nothing, "floor": lambda: NoOpHooks(stress),
+                                    "tracer": lambda: Tracer(stress),
+                                    "tracer_lean": lambda: Tracer(stress, grad_norms=False, saved_tensors=False),
+                                    "profiler": profiler_context}, srounds)
+    scalls = module_calls(stress, sstep)
+    per_call = {name: {k: (s[name][k] - s["untraced"][k]) * 1e3 / scalls for k in ("forward_ms", "backward_ms")}
+                for name in ("floor", "tracer", "tracer_lean", "profiler")}
+    out["stress"] = {"module_calls": scalls, **s, "added_us_per_call": per_call}
+
+    # torchinfo runs the forward only, under no_grad, with its own hooks
+    import torchinfo
+    t = time.perf_counter()
+    with torch.no_grad():
+        torchinfo.summary(stress, input_data=[x], verbose=0)
+    torchinfo_ms = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    with torch.no_grad():
+        stress(x)
+    plain_ms = (time.perf_counter() - t) * 1e3
+    out["stress"]["torchinfo_forward_ms"] = torchinfo_ms
+    out["stress"]["plain_no_grad_forward_ms"] = plain_ms
+    return out, (model, inputs, report)
+
+
+def bench_fidelity(model, inputs, report) -> dict:
+    """Stage times from the traced pass vs the same forward timed untraced (median of 5 untraced passes)."""
+    from tracer.strategies import RunOptions, run_strategy
+    out = {}
+    for name, path in (("audio_tower", report.audio_encoder.path), ("full_forward", "")):
+        run = run_strategy(name, model, report, inputs, RunOptions(repeats=5, warmup=1), torch.device("cpu"))
+        traced = {m["path"]: m for m in run["modules"]}[path]["forward_ms"]
+        untraced = run["latency_ms"]["median"]
+        out[name] = {"traced_stage_ms": traced, "untraced_forward_ms": untraced,
+                     "error_pct": 100 * (traced - untraced) / untraced,
+                     "self_sum_over_total": sum(m["self_forward_ms"] for m in run["modules"] if m["executed"])
+                     / run["total_forward_ms"]}
+    return out
+
+
+def memory_child(variant: str) -> None:
+    """In a fresh process (so the allocator has no warm cache): one fwd+bwd, its peak RSS growth."""
+    model, inputs, _ = medium_model()
+    step = lambda: model(**inputs.full).loss  # noqa: E731
+    factory = Nothing if variant == "untraced" else (lambda: Tracer(model))
+    with PeakMemory(torch.device("cpu")) as mem, factory() as tr:
+        step().backward()
+    out = {"peak_bytes": mem.peak_bytes}
+    if variant == "traced":
+        out["record_json_bytes_per_call"] = len(json.dumps(tr.result())) / len(tr.calls())
+        out["module_calls"] = len(tr.calls())
+    print(json.dumps(out))
+
+
+def bench_memory() -> dict:
+    results = {}
+    for variant in ("untraced", "traced"):
+        proc = subprocess.run([sys.executable, __file__, "--memory-child", variant], capture_output=True, text=True,
+                              check=True, env=dict(os.environ, KINETO_LOG_LEVEL="5"))
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"peak_rss_untraced_bytes": results["untraced"]["peak_bytes"],
+            "peak_rss_traced_bytes": results["traced"]["peak_bytes"],
+            "record_json_bytes_per_call": results["traced"]["record_json_bytes_per_call"],
+            "module_calls": results["traced"]["module_calls"]}
+
+
+def bench_scale() -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    from tracer.discovery import static_report
+    from tracer.loading import load_model
+    out = {}
+    t = time.perf_counter()
+    loaded = load_model(config=os.path.join(ROOT, "samples/qwen2-audio-7b.json"), device=torch.device("cpu"),
+                        dtype=torch.bfloat16, static_only=True)
+    report = static_report(loaded.model)
+    out["static_7b_meta_s"] = time.perf_counter() - t
+    out["static_7b_modules"] = len(report.tree)
+    t = time.perf_counter()
+    wrapped = get_peft_model(loaded.model, LoraConfig(r=8, target_modules="all-linear"))
+    out["lora_all_linear_attach_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = static_report(wrapped)
+    out["static_7b_lora_s"] = time.perf_counter() - t
+    out["static_7b_lora_modules"] = len(report.tree)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    helps = []
+    for _ in range(5):
+        t = time.perf_counter()
+        subprocess.run([os.path.join(ROOT, "bin/trace"), "--help"], capture_output=True, check=True, env=env)
+        helps.append(time.perf_counter() - t)
+    out["help_s"] = statistics.median(helps)
+    t = time.perf_counter()
+    subprocess.run([os.path.join(ROOT, "bin/trace"), os.path.join(ROOT, "samples/sample.wav"), "--quiet"],
+                   capture_output=True, check=True, env=env)
+    out["main_job_s"] = time.perf_counter() - t
+    return out
+
+
+def bench_gpu() -> dict | None:
+    if not torch.cuda.is_available():
+        return None
+    model, inputs, _ = medium_model()
+    model = model.to("cuda", torch.bfloat16)
+    batch = {k: v.to("cuda") for k, v in inputs.full.items()}
+    step = lambda: model(**batch).loss  # noqa: E731
+
+    class SyncPerHook(NoOpHooks):
+        def __enter__(self):
+            self.handles = [m.register_forward_hook(lambda *a: torch.cuda.synchronize()) for m in self.model.modules()]
+            return self
+
+    def pass_ms(factory):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with factory():
+            step().backward()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) * 1e3
+
+    results = {n: [] for n in ("untraced", "tracer", "sync_per_hook")}
+    factories = {"untraced": Nothing, "tracer": lambda: Tracer(model), "sync_per_hook": lambda: SyncPerHook(model)}
+    for r in range(12):
+        for name, factory in factories.items():
+            model.zero_grad(set_to_none=True)
+            ms = pass_ms(factory)
+            if r >= 2:
+                results[name].append(ms)
+    return {n: statistics.median(v) for n, v in results.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test, noisier)")
+    parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
+    parser.add_argument("--memory-child", choices=("untraced", "traced"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    started = time.perf_counter()
+    overhead, (model, inputs, report) = bench_overhead(args.quick)
+    results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+               "overhead": overhead, "fidelity": bench_fidelity(model, inputs, report),
+               "memory": bench_memory(), "scale": bench_scale(), "gpu": bench_gpu()}
+    results["elapsed_s"] = time.perf_counter() - started
+    print(render(results))
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def _overhead_ratio(m: dict, total) -> str:
+    tracer, profiler = total(m["tracer"]) - total(m["untraced"]), total(m["profiler"]) - total(m["untraced"])
+    if tracer <= 0:
+        return "both within noise" if profiler <= 0 else f"tracer within noise (profiler +{profiler:.0f} ms)"
+    return f"{profiler / tracer:.1f}×"
+
+
+def render(r: dict) -> str:
+    from tabulate import tabulate
+    m, s = r["overhead"]["medium"], r["overhead"]["stress"]
+    total = lambda d: d["forward_ms"] + d["backward_ms"]  # noqa: E731
+    rows = [
+        ["medium Qwen2-Audio fwd+bwd: tracer / untraced", f"{total(m['tracer']) / total(m['untraced']):.3f}×",
+         "≤ 1.05×", f"{m['module_calls']} module calls, {total(m['untraced']):.0f} ms untraced"],
+        ["medium: torch.profiler / untraced", f"{total(m['profiler']) / total(m['untraced']):.3f}×", "", ""],
+        ["medium: profiler overhead / tracer overhead", _overhead_ratio(m, total), "≥ 4×",
+         "how much more the profiler adds"],
+    ]
+    per = s["added_us_per_call"]
+    for phase in ("forward_ms", "backward_ms"):
+        label = phase.split("_")[0]
+        for variant, what in (("tracer", "tracer"), ("tracer_lean", "tracer, no grad norms / saved bytes")):
+            rows.append([f"stress {label}: added µs per module call, {what} vs floor",
+                         f"{per[variant][phase]:.2f} vs {per['floor'][phase]:.2f} µs "
+                         f"= {per[variant][phase] / max(per['floor'][phase], 1e-9):.2f}×", "≤ 2×",
+                         f"profiler {per['profiler'][phase]:.2f} µs" if variant == "tracer" else ""])
+    rows.append(["stress forward: torchinfo.summary / plain no_grad forward",
+                 f"{s['torchinfo_forward_ms'] / s['plain_no_grad_forward_ms']:.1f}×", "", "forward only, no backward"])
+    for name, f in r["fidelity"].items():
+        stage = "audio encoder" if name == "audio_tower" else "whole model"
+        rows.append([f"fidelity {name}: {stage} time in the traced pass vs untraced forward",
+                     f"{f['error_pct']:+.1f} %", "", f"{f['traced_stage_ms']:.0f} vs {f['untraced_forward_ms']:.0f} ms"])
+        rows.append([f"fidelity {name}: sum of self times / total forward", f"{f['self_sum_over_total']:.4f}", "1.0",
+                     ""])
+    mem = r["memory"]
+    rows.append(["memory: peak RSS growth traced / untraced",
+                 f"{mem['peak_rss_traced_bytes'] / max(mem['peak_rss_untraced_bytes'], 1):.2f}×", "",
+                 f"{mem['peak_rss_untraced_bytes'] / 2**20:.0f} MiB untraced"])
+    rows.append(["memory: JSON record bytes per module call", f"{mem['record_json_bytes_per_call']:.0f} B", "", ""])
+    sc = r["scale"]
+    rows.append(["scale: 7B static report on meta (incl. build)", f"{sc['static_7b_meta_s']:.2f} s", "≤ 5 s",
+                 f"{sc['static_7b_modules']} modules"])
+    rows.append(["scale: 7B + LoRA on every Linear, report", f"{sc['static_7b_lora_s']:.2f} s", "≤ 5 s",
+                 f"{sc['static_7b_lora_modules']} modules"])
+    rows.append(["scale: bin/trace --help", f"{sc['help_s']:.3f} s", "≤ 0.5 s", ""])
+    rows.append(["scale: bin/trace samples/sample.wav end to end", f"{sc['main_job_s']:.1f} s", "≤ 20 s", ""])
+    if r["gpu"]:
+        g = r["gpu"]
+        rows.append(["gpu: tracer / untraced (events)", f"{g['tracer'] / g['untraced']:.3f}×", "", ""])
+        rows.append(["gpu: synchronise-per-hook / untraced", f"{g['sync_per_hook'] / g['untraced']:.3f}×", "", ""])
+    return tabulate(rows, headers=["measure", "result", "goal", "context"], tablefmt="github", disable_numparse=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
