@@ -16,7 +16,6 @@ interleaved after a warm-up and medians are compared. Sections:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics

@@ -1,8 +1,14 @@
 """Tiny real transformers models for tests: the layouts the tracer must handle."""
 import torch
 import torch.nn as nn
-from transformers import (Qwen2AudioConfig, Qwen2AudioEncoder, Qwen2Config, Qwen2ForCausalLM,
-                          WhisperConfig, WhisperForConditionalGeneration)
+from transformers import (
+    Qwen2AudioConfig,
+    Qwen2AudioEncoder,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioMultiModalProjector
 
 from tracer.loading import BUILTIN_MODEL_DIR, load_builtin

@@ -4,10 +4,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
-
 import models
+
 from tracer.cli import main
 
 
@@ -67,40 +65,3 @@ def test_model_dir_saved_with_save_pretrained(capsys, tmp_path):
     data = json.loads(out.read_text())
     assert data["model"]["params_total"] == sum(p.numel() for p in loaded.model.parameters())
     assert data["static"]["audio_encoder"]["num_layers"] == 2
-
-
-def _bad_dirs(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    pickled = tmp_path / "pickled"
-    models.builtin_model().config.save_pretrained(pickled)
-    torch.save({}, pickled / "pytorch_model.bin")
-    unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps({"model_type": "no_such_model"}))
-    broken = tmp_path / "broken.json"
-    broken.write_text("{not json")
-    return empty, pickled, unknown, broken
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "{tmp}/missing"], "--model {tmp}/missing: no such directory"),
-    (["--model", "{tmp}/empty"], "--model {tmp}/empty: no config.json in {tmp}/empty"),
-    (["--model", "{tmp}/pickled"], "only pickle weights (.bin) found"),
-    (["--model", "nobody/no-such-model"], "not in the local Hugging Face cache"),
-    (["--config", "{tmp}/missing.json", "--static-only"], "--config {tmp}/missing.json: no such file"),
-    (["--config", "{tmp}/unknown.json", "--static-only"], "unknown model_type 'no_such_model'"),
-    (["--config", "{tmp}/broken.json", "--static-only"], "not valid JSON"),
-    (["--static-only", "--dtype", "float8"], "--dtype 'float8': choose one of auto, float32"),
-    (["--static-only", "--device", "tpu"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
-    (["--static-only", "--json", "{tmp}"], "is a directory"),
-    (["--static-only", "--json", "{tmp}/no/dir/x.json"], "does not exist"),
-])
-def test_bad_input_one_line_exit_2(capsys, tmp_path, monkeypatch, argv, message):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _bad_dirs(tmp_path)
-    code, out, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert message.format(tmp=tmp_path) in lines[0]
-    assert "Traceback" not in err

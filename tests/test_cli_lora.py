@@ -1,10 +1,9 @@
 """LoRA through the CLI: each way of attaching, the diagnosis in the report and JSON, and bad LoRA input."""
 import json
 
-import pytest
+import models
 from peft import LoraConfig, get_peft_model
 
-import models
 from tracer.cli import main
 
 FAST = ["--repeats", "1", "--warmup", "0"]
@@ -55,27 +54,6 @@ def test_existing_adapter_dir(capsys, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     code, stdout, _ = run(capsys, "--adapter", str(tmp_path / "adapter"), "--strategy", "audio_tower")
     assert code == 0 and "[LORA] 2 LoRA layers, r=2" in stdout and f"adapter {tmp_path}/adapter" in stdout
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--lora-targets", "nothing_like_this"], "LoRA targets ['nothing_like_this'] match nothing in this model"),
-    (["--lora-targets", "(unclosed"], "not a valid regex"),
-    (["--lora-config", "{t}/broken.json"], "--lora-config {t}/broken.json: not valid JSON"),
-    (["--lora-config", "{t}/wrong.json"], "--lora-config {t}/wrong.json: not a valid LoraConfig"),
-    (["--adapter", "{t}/other"], "--adapter {t}/other: does not fit this model"),
-    (["--adapter", "{t}"], "no adapter_config.json there"),
-    (["--no-lora", "--adapter", "{t}/other"], "--no-lora and --adapter exclude each other"),
-    (["--lora-r", "0"], "--lora-r 0: must be at least 1"),
-])
-def test_bad_lora_input(capsys, tmp_path, argv, message):
-    (tmp_path / "broken.json").write_text("{")
-    (tmp_path / "wrong.json").write_text(json.dumps({"no_such_field": 1}))
-    other = get_peft_model(models.text_only_lm(tied=False), LoraConfig(r=2, target_modules=["gate_proj"]))
-    other.save_pretrained(tmp_path / "other")
-    code, _, err = run(capsys, *[a.format(t=tmp_path) for a in argv])
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: ")
-    assert message.format(t=tmp_path) in err
 
 
 def test_lora_only_in_lm_audio_tower_has_no_backward_but_runs(capsys, tmp_path):

@@ -1,8 +1,8 @@
 """The static report's claims checked against what ran: all hold on the built-in model; a run-time change
 turns the right claim red."""
 import torch
-
 from test_strategies_support import tiny_inputs
+
 from tracer.confirmation import confirm
 from tracer.discovery import static_report
 from tracer.reporting import clip_record
@@ -47,7 +47,8 @@ def test_skipped_encoder_layer_at_run_time_refutes_layer_count():
 
 def test_clip_record_round_trip_is_what_confirmation_reads():
     loaded, inputs = tiny_inputs()
-    from tracer.audio import load_clip
     from test_strategies_support import ROOT
+
+    from tracer.audio import load_clip
     record = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)
     assert record["prompt_tokens"] + record["target_tokens"] == inputs.full["input_ids"].shape[1]

@@ -1,12 +1,12 @@
 """A real broken setup for every LoRA status, built with peft's own mechanisms, and grad norms vs autograd."""
 import re
 
+import models
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-
-import models
 from test_strategies_support import tiny_inputs
+
 from tracer.diagnosis import dead_groups_of
 from tracer.discovery import static_report
 from tracer.hooks import Tracer

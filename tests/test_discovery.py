@@ -1,9 +1,9 @@
 """The static report on the layouts it must handle: real transformers models, real peft."""
+import models
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-import models
 from tracer.discovery import static_report
 from tracer.loading import load_model
 from tracer.reporting import render_static, render_tree

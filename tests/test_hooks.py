@@ -2,11 +2,11 @@
 import gc
 import weakref
 
+import models
 import pytest
 import torch
 import torch.nn as nn
 
-import models
 from tracer.hooks import Tracer
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

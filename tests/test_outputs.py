@@ -89,18 +89,6 @@ def test_diff_same_file_pairs_each_strategy_and_reports_no_lora_change(written, 
     assert text.count("[DIFF]") == 2 and "LoRA statuses: no change" in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["diff", "{t}/missing.json", "{t}/missing.json"], "diff: {t}/missing.json: no such file"),
-    (["diff", "{t}/static.json", "{t}/static.json"], "not a tracer record with runs"),
-    (["diff", "{t}/static.json:audio_tower", "{t}/static.json"], "name a strategy on both sides"),
-])
-def test_diff_bad_input(capsys, tmp_path, argv, message):
-    (tmp_path / "static.json").write_text(json.dumps({"schema_version": 1, "static": {}}))
-    assert main([a.format(t=tmp_path) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message.format(t=tmp_path) in err
-
-
 def test_failed_job_writes_nothing(capsys, tmp_path):
     out = tmp_path / "r.json"
     assert main(["--lora-targets", "nothing_here", "--json", str(out), "--markdown", str(tmp_path / "r.md")]) == 2

@@ -1,12 +1,12 @@
 """Both strategies on the tiny model and the shipped clip: what runs where, rollups, isolation of failures."""
 import json
 
+import models
 import pytest
 import torch
-
-import models
 from test_hooks import hook_counts
 from test_strategies_support import tiny_inputs
+
 from tracer.cli import main
 from tracer.discovery import static_report
 from tracer.inputs import AudioAccounting, ModelInputs

@@ -1,10 +1,10 @@
 """Shared test helper: the built-in model with the shipped clip's inputs (not a test module)."""
 import os
 
+import models
+
 from tracer.audio import load_clip
 from tracer.inputs import prepare_inputs
-
-import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -71,8 +71,13 @@ def run_job(args) -> int:
 def _run_strategies(args, loaded, report, inputs, device, payload, out: Output) -> int:
     from .confirmation import confirm
     from .diagnosis import dead_groups_of
-    from .report_runtime import (render_comparison, render_confirmation, render_lora_diagnosis, render_lora_setup,
-                                 render_run)
+    from .report_runtime import (
+        render_comparison,
+        render_confirmation,
+        render_lora_diagnosis,
+        render_lora_setup,
+        render_run,
+    )
     from .strategies import RunOptions, compare, run_strategies
     if loaded.on_meta:
         raise TracerError("a model on the meta device has no weights to run: add --static-only")
@@ -138,8 +143,17 @@ def _dump(path: str, payload: dict) -> None:
 
 def _load_inputs(args, loaded, report, out: Output):
     from .audio import load_clip
-    from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_inputs
+    from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_inputs, prepare_text_inputs
     from .loading import processor_for
+    prompt, target = args.prompt or DEFAULT_PROMPT, args.target or DEFAULT_TARGET
+    if report.audio_encoder is None:
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        if tokenizer is None or not callable(tokenizer):
+            raise TracerError(f"{loaded.name}: not an audio model (no audio encoder in step 3) and no tokenizer "
+                              "to run its text path: nothing to run on the clip; add --static-only for its structure")
+        out.emit("note: no audio encoder: the clip is read for the record, full_forward runs on the text alone")
+        clip = load_clip(args.clip, 16000, offset=args.offset, duration=args.duration)
+        return clip, prepare_text_inputs(tokenizer, prompt, target)
     processor, note = processor_for(loaded)
     if note:
         out.emit(f"note: {note}")
@@ -148,6 +162,5 @@ def _load_inputs(args, loaded, report, out: Output):
                      offset=args.offset, duration=args.duration)
     modules = dict(loaded.model.named_modules())
     encoder = modules[report.audio_encoder.path] if report.audio_encoder else None
-    inputs = prepare_inputs(processor, loaded.model, encoder, clip, prompt=args.prompt or DEFAULT_PROMPT,
-                            target=args.target or DEFAULT_TARGET)
+    inputs = prepare_inputs(processor, loaded.model, encoder, clip, prompt=prompt, target=target)
     return clip, inputs

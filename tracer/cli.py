@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, TracerError
+from .errors import EXIT_UNEXPECTED, EXIT_USAGE, TracerError
 
 DESCRIPTION = """\
 Trace an audio-language model on a real clip: a static structure report (8 steps), then

@@ -101,3 +101,15 @@ def _remap_audio_token(processor, model, full: dict) -> None:
     if wanted is not None and have is not None and wanted != have:
         ids = full["input_ids"]
         ids[ids == have] = wanted
+
+
+def prepare_text_inputs(tokenizer, prompt: str = DEFAULT_PROMPT, target: str = DEFAULT_TARGET) -> ModelInputs:
+    """A model with no audio path: full_forward runs on the prompt and target text alone."""
+    import torch
+    prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    target_ids = tokenizer(" " + target, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    input_ids = torch.cat([prompt_ids, target_ids], dim=1)
+    labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids], dim=1)
+    full = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    accounting = AudioAccounting(0, 0, None, None, 0.0, "none (the model has no audio encoder)")
+    return ModelInputs({}, full, accounting, "plain text (no audio path)", prompt_ids.shape[1], target_ids.shape[1])

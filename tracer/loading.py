@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,12 +124,31 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
         raise TracerError(f"--model {name}: no weights (*.safetensors) in {directory}")
     model_cls = _model_class(config, trust_remote_code)
     try:
-        model = model_cls.from_pretrained(directory, dtype=dtype, use_safetensors=has_safetensors or None,
-                                          trust_remote_code=trust_remote_code)
+        with _quiet_transformers():  # its multi-line load report would break the one-line error contract
+            model = model_cls.from_pretrained(directory, dtype=dtype, use_safetensors=has_safetensors or None,
+                                              trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - mismatched or corrupt weights surface here in many types
+        if "ignore_mismatched_sizes" in str(e) or "size mismatch" in str(e):
+            raise TracerError(f"--model {name}: the weights' shapes do not match config.json (a config edited "
+                              "after saving, or weights of another model)") from None
         raise TracerError(f"--model {name}: cannot load weights ({first_line(e)})") from None
     model = model.to(device).eval()
     return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, False)
+
+
+class _quiet_transformers:
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+        self._level = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity(self._level)
+        if self._bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_processor(directory: Path, trust_remote_code: bool):
@@ -201,5 +220,8 @@ def check_output_path(path: str, flag: str) -> None:
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise TracerError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise TracerError(f"{flag} {path}: directory {parent} is not writable")
+    try:  # NB: os.access says yes to root even on /proc or a read-only mount: try for real
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise TracerError(f"{flag} {path}: cannot write in {parent} ({e.strerror})") from None

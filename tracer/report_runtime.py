@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-
 PEFT_PREFIX = "base_model.model."
 
 

@@ -82,11 +82,13 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
     for _ in range(options.warmup):
         _timed_pass(step, model, device)
     forward, backward = [], []
+    for _ in _progress(range(options.repeats), f"{name} untraced", options.progress):
+        f, b = _timed_pass(step, model, device)
+        forward.append(f)
+        backward.append(b)
+    # NB: memory gets a pass of its own: on CPU the RSS sampler thread would slow the timed passes
     with PeakMemory(device) as memory:
-        for _ in _progress(range(options.repeats), f"{name} untraced", options.progress):
-            f, b = _timed_pass(step, model, device)
-            forward.append(f)
-            backward.append(b)
+        _timed_pass(step, model, device)
     model.zero_grad(set_to_none=True)
     tracer = Tracer(model, component_of=report.component_of)
     try:
