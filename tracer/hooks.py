@@ -172,11 +172,13 @@ class Tracer:
         if not self._active or not self._stack:
             return None
         end = self._now()
+        if output is None and sys.exc_info()[0] is not None and self.failed_in is None:
+            self.failed_in = self._paths[idx]  # the innermost module the exception passed through
+        if self._calls[self._stack[-1]][_IDX] != idx:
+            return None  # another pre-hook raised before ours: this call never started
         cid = self._stack.pop()
         call = self._calls[cid]
         call[_END] = end
-        if output is None and sys.exc_info()[0] is not None and self.failed_in is None:
-            self.failed_in = self._paths[idx]  # the innermost module the exception passed through
         items = [output] if type(output) is torch.Tensor else _flatten(output, [])
         call[_OUTPUTS] = [_meta(t) for t in items]
         grad = call[_GRAD]

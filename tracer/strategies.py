@@ -79,16 +79,20 @@ def _timed_pass(step, model, device) -> tuple[float, float]:
 def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOptions, device) -> dict:
     """One strategy's RUN record. Raises whatever the model raises; the caller records failures."""
     step = make_step(name, model, report, inputs, options, device)
-    for _ in range(options.warmup):
-        _timed_pass(step, model, device)
     forward, backward = [], []
-    for _ in _progress(range(options.repeats), f"{name} untraced", options.progress):
-        f, b = _timed_pass(step, model, device)
-        forward.append(f)
-        backward.append(b)
-    # NB: memory gets a pass of its own: on CPU the RSS sampler thread would slow the timed passes
-    with PeakMemory(device) as memory:
-        _timed_pass(step, model, device)
+    try:
+        for _ in range(options.warmup):
+            _timed_pass(step, model, device)
+        for _ in _progress(range(options.repeats), f"{name} untraced", options.progress):
+            f, b = _timed_pass(step, model, device)
+            forward.append(f)
+            backward.append(b)
+        # NB: memory gets a pass of its own: on CPU the RSS sampler thread would slow the timed passes
+        with PeakMemory(device) as memory:
+            _timed_pass(step, model, device)
+    except Exception as e:
+        e.failed_in = _locate_failure(step, model, report)
+        raise
     model.zero_grad(set_to_none=True)
     tracer = Tracer(model, component_of=report.component_of)
     try:
@@ -125,6 +129,21 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         "stages": stages,
         **record,
     }
+
+
+def _locate_failure(step, model, report) -> str | None:
+    """Rerun the failing pass traced to name the innermost module the error came through."""
+    tracer = Tracer(model, grad_norms=False, saved_tensors=False, component_of=report.component_of)
+    try:
+        with tracer:
+            loss = step()
+            if loss.requires_grad:
+                loss.backward()
+    except Exception:  # noqa: BLE001 - the same failure again is what we want to see
+        pass
+    finally:
+        model.zero_grad(set_to_none=True)
+    return tracer.failed_in
 
 
 def stage_rollup(modules: list[dict], report: StaticReport, model) -> dict:
