@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .errors import TracerError
+from .errors import TracerError, read_json_object
 from .naming import collapse_paths, new_roots
 from .report_runtime import fmt_bytes, fmt_ms, short
 
@@ -22,14 +22,8 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 def load_side(spec: str) -> tuple[str, dict]:
     """'out.json' or 'out.json:full_forward' -> (strategy or None, the JSON record)."""
     path, strategy = split_spec(spec)
-    file = Path(path)
-    if not file.is_file():
-        raise TracerError(f"diff: {path}: no such file")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TracerError(f"diff: {path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("schema_version") != 1 or "runs" not in data:
+    data = read_json_object(path, "diff:")
+    if data.get("schema_version") != 1 or "runs" not in data:
         raise TracerError(f"diff: {path}: not a tracer record with runs (schema_version 1; written by "
                           "`bin/trace CLIP --json FILE` without --static-only)")
     if strategy is not None and strategy not in data["runs"]:

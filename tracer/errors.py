@@ -14,3 +14,19 @@ def first_line(error: BaseException) -> str:
     """An exception as one short line for ``error: …`` messages."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:300]
+
+
+def read_json_object(path: str, label: str) -> dict:
+    """A JSON object from a file, or TracerError: ``{label} {path}: no such file / not valid JSON / …``."""
+    import json
+    from pathlib import Path
+    file = Path(path)
+    if not file.is_file():
+        raise TracerError(f"{label} {path}: no such file")
+    try:
+        values = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TracerError(f"{label} {path}: not valid JSON ({first_line(e)})") from None
+    if not isinstance(values, dict):
+        raise TracerError(f"{label} {path}: expected a JSON object")
+    return values

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TracerError, first_line
+from .errors import TracerError, first_line, read_json_object
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 BUILTIN_MODEL_DIR = SAMPLES_DIR / "tiny-qwen2-audio"
@@ -174,13 +174,8 @@ def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_r
     import torch
     from transformers import AutoConfig
     file = Path(path)
-    if not file.is_file():
-        raise TracerError(f"--config {path}: no such file")
-    try:
-        values = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TracerError(f"--config {path}: not valid JSON ({first_line(e)})") from None
-    if not isinstance(values, dict) or "model_type" not in values:
+    values = read_json_object(path, "--config")
+    if "model_type" not in values:
         raise TracerError(f"--config {path}: no 'model_type' key (is this a transformers config.json?)")
     model_type = values.pop("model_type")
     try:

@@ -2,13 +2,12 @@
 target suggestions that fit a strategy."""
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
 
 from .discovery import StaticReport
-from .errors import TracerError, first_line
+from .errors import TracerError, first_line, read_json_object
 
 REGEX_CHARS = re.compile(r"[\^$*+?()\[\]|\\]")
 
@@ -88,15 +87,7 @@ def _check_adapter_loaded(adapter_dir: str, wrapped, caught) -> None:
 
 
 def _config_from_file(path: str, config_cls):
-    file = Path(path)
-    if not file.is_file():
-        raise TracerError(f"--lora-config {path}: no such file")
-    try:
-        values = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TracerError(f"--lora-config {path}: not valid JSON ({first_line(e)})") from None
-    if not isinstance(values, dict):
-        raise TracerError(f"--lora-config {path}: expected a JSON object (a LoraConfig)")
+    values = read_json_object(path, "--lora-config")
     values.pop("peft_type", None)
     try:
         return config_cls(**values)
