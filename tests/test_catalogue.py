@@ -50,6 +50,7 @@ CASES = [
     ("flag-dtype", ["--dtype", "float8", "--static-only"], "--dtype 'float8': choose one of auto, float32, bfloat16, float16"),
     ("flag-device", ["--device", "tpu", "--static-only"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
     ("flag-cuda-absent", ["--device", "cuda", "--static-only"], "--device cuda: CUDA is not available on this machine"),
+    ("flag-device-map-without-model", ["--device-map", "auto", "--static-only"], "--device-map needs --model"),
     ("flag-depth", ["--depth", "-2", "--static-only"], "--depth -2: must be 0 or more"),
     ("output-unwritable", ["--json", "/proc/out.json", "--static-only"], "--json /proc/out.json: cannot write in /proc"),
     ("output-is-directory", ["--markdown", "{t}", "--static-only"], "--markdown {t}: is a directory"),

@@ -65,3 +65,16 @@ def test_model_dir_saved_with_save_pretrained(capsys, tmp_path):
     data = json.loads(out.read_text())
     assert data["model"]["params_total"] == sum(p.numel() for p in loaded.model.parameters())
     assert data["static"]["audio_encoder"]["num_layers"] == 2
+
+
+def test_model_dir_with_device_map_runs_and_traces(capsys, tmp_path):
+    loaded = models.builtin_loaded()
+    loaded.model.save_pretrained(tmp_path / "ckpt")
+    loaded.processor.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "r.json"
+    code, stdout, _ = run_cli(capsys, "--model", str(tmp_path / "ckpt"), "--device-map", "auto", "--repeats", "1",
+                              "--warmup", "0", "--json", str(out))
+    assert code == 0, stdout
+    data = json.loads(out.read_text())
+    assert {r["status"] for r in data["runs"].values()} == {"ok"}
+    assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"zero_init": 6}

@@ -42,7 +42,11 @@ def run_job(args) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     loaded = load_model(args.model, args.config, device=device, dtype=dtype, static_only=args.static_only,
-                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                        device_map=args.device_map)
+    if args.device_map:
+        from .loading import input_device
+        device = input_device(loaded.model, device)
     if loaded.source == "builtin":
         out.emit("note: built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs "
                  "are noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
@@ -143,7 +147,13 @@ def _dump(path: str, payload: dict) -> None:
 
 def _load_inputs(args, loaded, report, out: Output):
     from .audio import load_clip
-    from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_inputs, prepare_text_inputs
+    from .inputs import (
+        DEFAULT_PROMPT,
+        DEFAULT_TARGET,
+        feature_extractor_of,
+        prepare_inputs,
+        prepare_text_inputs,
+    )
     from .loading import processor_for
     prompt, target = args.prompt or DEFAULT_PROMPT, args.target or DEFAULT_TARGET
     if report.audio_encoder is None:

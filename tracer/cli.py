@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, "
                                                        "bfloat16, float16")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    model.add_argument("--device-map", metavar="auto|balanced|sequential",
+                       help="with --model: let accelerate spread a model too large for one device over GPUs, "
+                            "CPU and disk; it is still traced")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow a checkpoint's own Python code to run (off by default)")
     model.add_argument("--allow-pickle", action="store_true",

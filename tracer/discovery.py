@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+
+from .records import (
+    AudioEncoderInfo,
+    LanguageModelInfo,
+    StaticReport,
+    Strategy,
+    TargetGap,
+    TopLevelAttribute,
+    TreeRow,
+)
 
 AUDIO_ENCODER_NAMES = ("audio_tower", "audio_encoder", "audio_model", "speech_encoder", "whisper_encoder",
                        "audio_embed", "audio_embeds")
@@ -26,93 +35,6 @@ CONFIG_KEYS = ("model_type", "hidden_size", "d_model", "num_hidden_layers", "enc
                "encoder_ffn_dim", "vocab_size", "max_position_embeddings", "max_source_positions",
                "num_mel_bins", "rms_norm_eps", "audio_token_index", "audio_token_id", "tie_word_embeddings",
                "dtype")
-
-
-@dataclass(frozen=True)
-class TopLevelAttribute:
-    name: str
-    cls: str
-    is_module: bool
-    params: int
-
-
-@dataclass(frozen=True)
-class AudioEncoderInfo:
-    path: str
-    cls: str
-    found_by: str
-    num_layers: int
-    hidden_size: int | None
-    layer_class: str | None
-    layer_children: list  # [[name, class], ...] of the first layer
-    submodules: list  # [[name, class], ...] direct children
-
-
-@dataclass(frozen=True)
-class LanguageModelInfo:
-    path: str
-    cls: str
-    found_by: str
-    num_layers: int
-    hidden_size: int | None
-
-
-@dataclass(frozen=True)
-class TreeRow:
-    path: str
-    cls: str
-    params: int
-    depth: int
-
-
-@dataclass(frozen=True)
-class TargetGap:
-    """A conventional LoRA target name that matches nothing in a component that has siblings of it."""
-    name: str
-    component: str
-    use_instead: list
-
-
-@dataclass(frozen=True)
-class Strategy:
-    chosen: str  # "audio_tower" | "full_forward"
-    reason: str
-    hidden_size: int | None
-    lora_targets: list
-
-
-@dataclass(frozen=True)
-class StaticReport:
-    model_class: str
-    model_module: str
-    params_total: int
-    params_trainable: int
-    top_level: list
-    audio_encoder: AudioEncoderInfo | None
-    language_model: LanguageModelInfo | None
-    config: dict
-    tree: list
-    components: dict
-    component_of: dict = field(repr=False)  # module path -> component
-    shared_parameters: list  # [[path, shares_with], ...]
-    lora_candidates: dict  # name -> {component: count}
-    lora_examples: dict  # name -> [paths]
-    target_gaps: list
-    strategy: Strategy
-
-    def to_dict(self) -> dict:
-        """The JSON contract's "static" object (schema_version 1)."""
-        d = asdict(self)
-        for key in ("model_class", "model_module", "params_total", "params_trainable", "component_of"):
-            d.pop(key)
-        for row in d["top_level"]:
-            row["class"] = row.pop("cls")
-        for row in d["tree"]:
-            row["class"] = row.pop("cls")
-        for key in ("audio_encoder", "language_model"):
-            if d[key]:
-                d[key]["class"] = d[key].pop("cls")
-        return d
 
 
 def static_report(model) -> StaticReport:

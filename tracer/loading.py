@@ -58,7 +58,11 @@ def resolve_dtype(spec: str, device):
 def load_builtin(device, dtype) -> LoadedModel:
     """The real Qwen2AudioForConditionalGeneration from the shipped tiny config, random weights, seed 0."""
     import torch
-    from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+    from transformers import (
+        AutoProcessor,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+    )
     config = Qwen2AudioConfig.from_pretrained(BUILTIN_MODEL_DIR)
     torch.manual_seed(BUILTIN_SEED)
     model = Qwen2AudioForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
@@ -68,15 +72,18 @@ def load_builtin(device, dtype) -> LoadedModel:
 
 def load_model(model: str | None = None, config: str | None = None, *, device, dtype,
                static_only: bool = False, trust_remote_code: bool = False,
-               allow_pickle: bool = False) -> LoadedModel:
+               allow_pickle: bool = False, device_map: str | None = None) -> LoadedModel:
     """Load what the CLI flags name. Raises TracerError with a one-line reason on bad input."""
     if model and config:
         raise TracerError("--model and --config exclude each other: --config builds a model from a config file alone")
+    if device_map and not model:
+        raise TracerError("--device-map needs --model: it places a checkpoint's weights as they load")
     if config:
         return _build_from_config_file(config, device, dtype, static_only, trust_remote_code)
     if model:
         directory, source = _resolve_model_dir(model)
-        return _load_pretrained(directory, model, source, device, dtype, trust_remote_code, allow_pickle)
+        return _load_pretrained(directory, model, source, device, dtype, trust_remote_code, allow_pickle,
+                                device_map)
     return load_builtin(device, dtype)
 
 
@@ -110,7 +117,7 @@ def _load_config(path: Path, trust_remote_code: bool):
 
 
 def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
-                     trust_remote_code: bool, allow_pickle: bool) -> LoadedModel:
+                     trust_remote_code: bool, allow_pickle: bool, device_map: str | None = None) -> LoadedModel:
     if not (directory / "config.json").is_file():
         raise TracerError(f"--model {name}: no config.json in {directory}")
     config = _load_config(directory, trust_remote_code)
@@ -126,13 +133,14 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
     try:
         with _quiet_transformers():  # its multi-line load report would break the one-line error contract
             model = model_cls.from_pretrained(directory, dtype=dtype, use_safetensors=has_safetensors or None,
-                                              trust_remote_code=trust_remote_code)
+                                              trust_remote_code=trust_remote_code, device_map=device_map)
     except Exception as e:  # noqa: BLE001 - mismatched or corrupt weights surface here in many types
         if "ignore_mismatched_sizes" in str(e) or "size mismatch" in str(e):
             raise TracerError(f"--model {name}: the weights' shapes do not match config.json (a config edited "
                               "after saving, or weights of another model)") from None
         raise TracerError(f"--model {name}: cannot load weights ({first_line(e)})") from None
-    model = model.to(device).eval()
+    # NB: with a device map accelerate has placed (and maybe offloaded) every layer: moving it would undo that
+    model = (model if device_map else model.to(device)).eval()
     return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, False)
 
 
@@ -159,6 +167,12 @@ def _load_processor(directory: Path, trust_remote_code: bool):
         except Exception:  # noqa: BLE001 - a checkpoint without a processor is legal
             continue
     return None
+
+
+def input_device(model, default):
+    """Where inputs go: the device of the first parameter (a device-mapped model's entry layers)."""
+    first = next((p for p in model.parameters() if p.device.type != "meta"), None)
+    return first.device if first is not None else default
 
 
 def processor_for(loaded: LoadedModel):
