@@ -129,7 +129,8 @@ def test_no_grad_mode_under_reentrant_checkpointing():
     assert not base.model.embed_tokens._forward_hooks
     model.train()
     ids = torch.randint(0, 100, (1, 8))
-    lora, _ = trace(model, lambda: model(input_ids=ids, labels=ids).loss.backward())
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad"):  # the symptom users see
+        lora, _ = trace(model, lambda: model(input_ids=ids, labels=ids).loss.backward())
     layer = lora["model.layers.0.self_attn.q_proj"]
     assert layer["status"] == "no_grad_mode" and "reentrant gradient checkpointing" in layer["cause"]
     assert "use_reentrant" in layer["hint"]
@@ -176,3 +177,15 @@ def test_library_use_on_users_own_peft_model_reports_components():
     _, run = trace(model, lambda: model(**inputs.full).loss.backward())
     assert run["lora_summary"] == {"audio_encoder": {"zero_init": 2}, "language_model": {"zero_init": 2}}
     assert all(re.match(r"base_model\.model\.model\.", r["path"]) for r in run["lora"])
+
+
+def test_dora_magnitude_gradient_reported():
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    model(**inputs.full).loss.backward()
+    plain = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    lora, _ = trace(model, lambda: model(**inputs.full).loss.backward())
+    for path, r in lora.items():
+        key = f"base_model.model.{path}.lora_magnitude_vector.default.weight"
+        assert r["grad_norm_magnitude"] == pytest.approx(plain[key], rel=1e-6)

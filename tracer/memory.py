@@ -21,7 +21,7 @@ class PeakMemory:
         self.device = device
         self.interval_s = interval_s
         self.peak_bytes: int | None = None
-        self.kind = "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS growth (sampled)"
+        self.kind = "cuda max_memory_allocated" if device.type == "cuda" else "sampled peak RSS growth"
 
     def __enter__(self):
         if self.device.type == "cuda":
