@@ -35,6 +35,15 @@ def trace(model, step):
     return {r["path"].removeprefix("base_model.model."): r for r in run["lora"]}, run
 
 
+def plain_then_traced(model, inputs):
+    """Gradient norms of a plain untraced backward, then the traced diagnosis of the same step."""
+    model(**inputs.full).loss.backward()
+    plain = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    lora, _ = trace(model, lambda: model(**inputs.full).loss.backward())
+    return plain, lora
+
+
 def audio_then_lm(model, inputs, detach=False, no_grad=False):
     """A hand-written step: encoder, projector, LM, head (the two broken variants users write)."""
     inner = model.base_model.model.model
@@ -91,10 +100,7 @@ def test_grad_norms_equal_plain_autograd():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
-    model(**inputs.full).loss.backward()
-    plain = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    lora, _ = trace(model, lambda: model(**inputs.full).loss.backward())
+    plain, lora = plain_then_traced(model, inputs)
     for path, r in lora.items():
         key = f"base_model.model.{path}"
         assert r["status"] == "ok"
@@ -182,10 +188,7 @@ def test_library_use_on_users_own_peft_model_reports_components():
 def test_dora_magnitude_gradient_reported():
     loaded, inputs = tiny_inputs()
     model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
-    model(**inputs.full).loss.backward()
-    plain = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    lora, _ = trace(model, lambda: model(**inputs.full).loss.backward())
+    plain, lora = plain_then_traced(model, inputs)
     for path, r in lora.items():
         key = f"base_model.model.{path}.lora_magnitude_vector.default.weight"
         assert r["grad_norm_magnitude"] == pytest.approx(plain[key], rel=1e-6)
