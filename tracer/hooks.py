@@ -292,7 +292,10 @@ class Tracer:
             own = [c for c in cs if not c.recompute]
             backward = (bw_end[i] - bw_start[i]) / 1e6 if bw_start[i] is not None and bw_end[i] is not None \
                 and bw_end[i] >= bw_start[i] else None
-            norm = float(torch.stack([x.cpu() for x in norms[i]]).square().sum().sqrt()) if norms[i] else None
+            norm = None
+            if norms[i]:  # one transfer per module, not one per call (each .cpu() would sync a GPU)
+                device = norms[i][0].device
+                norm = float(torch.stack([x.to(device) for x in norms[i]]).square().sum().sqrt())
             records.append(ModuleRecord(
                 path=self._paths[i], cls=self._classes[i], calls=len(own), recomputed_calls=len(cs) - len(own),
                 executed=bool(cs), container=self._containers[i],
