@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from peft import LoraConfig, get_peft_model
+from test_strategies_support import ROOT
 
 from tracer.cli import main
 
@@ -38,6 +39,8 @@ CASES = [
     ("model-remote-code", ["--model", "{t}/remote", "--static-only"], "ships its own code; rerun with --trust-remote-code"),
     ("model-mismatched-weights", ["--model", "{t}/mismatch", "--static-only"], "the weights' shapes do not match config.json"),
     ("model-non-audio", ["--config", "{t}/textcfg/config.json"], "not an audio model (no audio encoder in step 3)"),
+    ("config-too-big-for-memory", ["--config", "{root}/samples/qwen2-audio-7b.json"],
+     "GiB of float32 weights do not fit in the"),
     ("config-missing", ["--config", "{t}/missing.json", "--static-only"], "--config {t}/missing.json: no such file"),
     ("config-unknown-type", ["--config", "{t}/unknown.json", "--static-only"], "unknown model_type 'no_such_model'"),
     ("config-broken-json", ["--config", "{t}/broken.json", "--static-only"], "not valid JSON"),
@@ -118,7 +121,7 @@ def bad(tmp_path_factory):
 @pytest.mark.parametrize("argv, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(bad, capsys, monkeypatch, argv, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    argv = [a.format(t=bad) for a in argv]
+    argv = [a.format(t=bad, root=ROOT) for a in argv]
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own errors, already one line

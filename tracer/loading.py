@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,12 +199,28 @@ def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_r
         raise TracerError(f"--config {path}: unknown model_type {model_type!r} ({first_line(e)})") from None
     model_cls = _model_class(config, trust_remote_code)
     # NB: on meta no memory is allocated, so a 7B config reports in seconds.
-    target = torch.device("meta") if static_only else device
-    if not static_only:
-        torch.manual_seed(BUILTIN_SEED)
-    with target:
+    with torch.device("meta"):
         model = model_cls._from_config(config, dtype=dtype)
+    if not static_only:
+        _check_fits(model, path, device, dtype)
+        torch.manual_seed(BUILTIN_SEED)
+        with device:
+            model = model_cls._from_config(config, dtype=dtype)
     return LoadedModel(model.eval(), None, file.name, "config", True, static_only)
+
+
+def _check_fits(meta_model, path: str, device, dtype) -> None:
+    """Refuse a random-weight build the machine cannot hold, rather than be killed by the OOM killer."""
+    import torch
+    need = sum(p.numel() for p in meta_model.parameters()) * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need * 1.5 > free:  # weights, plus room for activations and LoRA gradients
+        raise TracerError(f"--config {path}: {need / 2**30:.1f} GiB of {str(dtype).replace('torch.', '')} weights "
+                          f"do not fit in the {free / 2**30:.1f} GiB free on {device.type}; add --static-only for "
+                          "the structure, or use a smaller config, --dtype bfloat16 or a GPU")
 
 
 def _model_class(config, trust_remote_code: bool):
