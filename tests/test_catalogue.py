@@ -55,6 +55,8 @@ CASES = [
     ("flag-cuda-absent", ["--device", "cuda", "--static-only"], "--device cuda: CUDA is not available on this machine"),
     ("flag-device-map-without-model", ["--device-map", "auto", "--static-only"], "--device-map needs --model"),
     ("flag-depth", ["--depth", "-2", "--static-only"], "--depth -2: must be 0 or more"),
+    ("output-trace-without-run", ["--chrome-trace", "{t}/t.json", "--static-only"],
+     "--chrome-trace draws the runs: drop --static-only"),
     ("output-unwritable", ["--json", "/proc/out.json", "--static-only"], "--json /proc/out.json: cannot write in /proc"),
     ("output-is-directory", ["--markdown", "{t}", "--static-only"], "--markdown {t}: is a directory"),
     ("output-no-parent", ["--plot", "{t}/no/dir/x.png", "--static-only"], "--plot {t}/no/dir/x.png: directory {t}/no/dir does not exist"),

@@ -161,6 +161,13 @@ def _validate(args) -> None:
         raise TracerError(f"--depth {args.depth}: must be 0 or more")
     if args.dtype not in DTYPES:
         raise TracerError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
+    for flag in ("chrome_trace", "plot"):
+        if getattr(args, flag) and args.static_only:
+            raise TracerError(f"--{flag.replace('_', '-')} draws the runs: drop --static-only")
+    if args.plot:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            raise TracerError("--plot needs matplotlib: pip install -e '.[plot]'")
     for flag in ("json", "chrome_trace", "plot", "markdown"):
         if getattr(args, flag):
             check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
