@@ -59,7 +59,8 @@ CASES = [
      "--chrome-trace draws the runs: drop --static-only"),
     ("output-unwritable", ["--json", "/proc/out.json", "--static-only"], "--json /proc/out.json: cannot write in /proc"),
     ("output-is-directory", ["--markdown", "{t}", "--static-only"], "--markdown {t}: is a directory"),
-    ("output-no-parent", ["--plot", "{t}/no/dir/x.png", "--static-only"], "--plot {t}/no/dir/x.png: directory {t}/no/dir does not exist"),
+    ("output-no-parent", ["--markdown", "{t}/no/dir/x.md", "--static-only"],
+     "--markdown {t}/no/dir/x.md: directory {t}/no/dir does not exist"),
     # LoRA
     ("lora-targets-match-nothing", ["--lora-targets", "nothing_like_this"],
      "LoRA targets ['nothing_like_this'] match nothing in this model"),
