@@ -78,3 +78,10 @@ def test_model_dir_with_device_map_runs_and_traces(capsys, tmp_path):
     data = json.loads(out.read_text())
     assert {r["status"] for r in data["runs"].values()} == {"ok"}
     assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"zero_init": 6}
+
+
+def test_package_exports_are_lazy_and_real():
+    import tracer
+    from tracer.discovery import static_report
+    from tracer.hooks import Tracer
+    assert tracer.Tracer is Tracer and tracer.static_report is static_report
