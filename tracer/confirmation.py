@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .discovery import StaticReport
+from .naming import is_under, short
 
 CONFIRMED, REFUTED, NOTED, NOT_CHECKED = "confirmed", "refuted", "noted", "not checked"
 
@@ -72,19 +73,19 @@ def confirm(report: StaticReport, runs: dict, clip: dict | None, static_paths: s
         if needed:
             out.append(Verdict("every LoRA layer this strategy needs executed", f"{len(needed)} layers",
                                f"{len(needed) - len(missing)} executed", REFUTED if missing else CONFIRMED, name,
-                               f"not executed: {', '.join(map(_short, missing[:4]))}{' …' if len(missing) > 4 else ''}"
+                               f"not executed: {', '.join(map(short, missing[:4]))}{' …' if len(missing) > 4 else ''}"
                                if missing else ""))
     for name, run in ok.items():
         executed = [m["path"] for m in run["modules"] if m["executed"]]
         # NB: a wrapper bypassed on the way down (PEFT's LoraModel) is not "never called" in any useful sense
         never = [m["path"] for m in run["modules"] if not m["executed"] and not m["container"]
-                 and (name == "full_forward" or _under(m["path"], enc.path if enc else None))
-                 and not any(_under(p, m["path"]) for p in executed)]
-        out.append(Verdict("modules registered but never called", "-", ", ".join(map(_short, never[:6])) or "none", NOTED,
+                 and (name == "full_forward" or is_under(m["path"], enc.path if enc else None))
+                 and not any(is_under(p, m["path"]) for p in executed)]
+        out.append(Verdict("modules registered but never called", "-", ", ".join(map(short, never[:6])) or "none", NOTED,
                            name, "expected for weights read directly (Qwen2-Audio's embed_positions)"))
         new = sorted({m["path"] for m in run["modules"]} - static_paths)
         out.append(Verdict("every module that ran is in the static tree", "yes",
-                           "yes" if not new else ", ".join(map(_short, new[:4])), REFUTED if new else CONFIRMED, name,
+                           "yes" if not new else ", ".join(map(short, new[:4])), REFUTED if new else CONFIRMED, name,
                            "modules were created at run time; rerun the static report after setup" if new else ""))
     return sorted(out, key=lambda v: v.verdict != REFUTED)
 
@@ -112,11 +113,3 @@ def _layer_list_path(mods: dict, encoder_path: str) -> str | None:
         if f"{encoder_path}.{suffix}" in mods:
             return f"{encoder_path}.{suffix}"
     return None
-
-
-def _short(path: str) -> str:
-    return path.removeprefix("base_model.model.")
-
-
-def _under(path: str, root: str | None) -> bool:
-    return root is not None and (path == root or path.startswith(root + "."))

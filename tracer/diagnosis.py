@@ -51,8 +51,7 @@ def _norm(param) -> float | None:
     return float(torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32))
 
 
-def _reentrant_checkpoint_above(model, path: str) -> bool:
-    modules = dict(model.named_modules())
+def _reentrant_checkpoint_above(modules: dict, path: str) -> bool:
     parts = path.split(".")
     for i in range(len(parts) - 1, 0, -1):
         module = modules.get(".".join(parts[:i]))
@@ -68,6 +67,7 @@ def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> lis
     grad_any = {}
     for call in calls:
         grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
+    modules_by_path = dict(model.named_modules())  # once, not per layer
     out = []
     for path, layer in lora_layers(model):
         for adapter in layer.lora_A.keys():
@@ -77,7 +77,8 @@ def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> lis
             rec = records.get(path, {})
             branch = records.get(f"{path}.lora_A.{adapter}", {})
             norms = (_norm(a), _norm(b), _norm(mag))
-            status, cause, hint = _classify(model, path, layer, adapter, rec, branch, grad_any.get(path), a, b, norms)
+            status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch,
+                                            grad_any.get(path), a, b, norms)
             out.append(LoraLayerRecord(
                 path=path, adapter=adapter, component=component_of.get(path, "other"),
                 executed=bool(rec.get("executed")), grad_enabled=rec.get("grad_enabled"),
@@ -87,7 +88,7 @@ def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> lis
     return out
 
 
-def _classify(model, path, layer, adapter, rec, branch, grad_any, a, b, norms):
+def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms):
     norm_a, norm_b, norm_m = norms
     if not rec.get("executed"):
         return ("not_executed", "the layer never ran in this pass",
@@ -107,7 +108,7 @@ def _classify(model, path, layer, adapter, rec, branch, grad_any, a, b, norms):
                             "(disable_adapter() context or disable_adapters=True)",
                 "run the training step outside disable_adapter()")
     if not grad_any:
-        if _reentrant_checkpoint_above(model, path):
+        if _reentrant_checkpoint_above(modules, path):
             return ("no_grad_mode", "it ran with autograd off: reentrant gradient checkpointing whose inputs "
                                     "need no grad runs the block under no_grad and never replays it",
                     "model.enable_input_require_grads(), or gradient_checkpointing_kwargs="

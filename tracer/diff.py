@@ -7,8 +7,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .errors import TracerError, read_json_object
-from .naming import collapse_paths, new_roots
-from .report_runtime import fmt_bytes, fmt_ms, short
+from .naming import collapse_paths, new_roots, short
+from .report_runtime import fmt_bytes, fmt_ms
 
 STRATEGIES = ("audio_tower", "full_forward")
 

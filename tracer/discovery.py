@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import sys
 
+from .naming import is_under
 from .records import (
     AudioEncoderInfo,
     LanguageModelInfo,
@@ -75,10 +76,6 @@ def _depth(path: str) -> int:
     return path.count(".") + 1 if path else 0
 
 
-def _is_under(path: str, root: str | None) -> bool:
-    return root is not None and (path == root or path.startswith(root + "."))
-
-
 def _find_audio_encoder(modules: dict) -> AudioEncoderInfo | None:
     # Shallowest match wins; a name match beats a class match at the same depth.
     matches = []
@@ -111,7 +108,7 @@ def _find_audio_encoder(modules: dict) -> AudioEncoderInfo | None:
 def _find_language_model(modules: dict, encoder_path: str | None) -> LanguageModelInfo | None:
     matches = []
     for path, module in modules.items():
-        if not path or _is_under(path, encoder_path):
+        if not path or is_under(path, encoder_path):
             continue
         leaf = path.rsplit(".", 1)[-1]
         if leaf in LANGUAGE_MODEL_NAMES and _find_layer_list(module)[1] is not None:
@@ -176,11 +173,11 @@ def _assign_components(modules: dict, model, encoder, lm) -> dict:
     component_of = {}
     for path in modules:
         # The head first: in the 4.x layout it sits inside the language model (a *ForCausalLM).
-        if _is_under(path, head):
+        if is_under(path, head):
             component_of[path] = "head"
-        elif _is_under(path, encoder.path if encoder else None):
+        elif is_under(path, encoder.path if encoder else None):
             component_of[path] = "audio_encoder"
-        elif _is_under(path, lm.path if lm else None):
+        elif is_under(path, lm.path if lm else None):
             component_of[path] = "language_model"
         elif PROJECTOR_NAME.search(path.rsplit(".", 1)[-1]) or any(
                 PROJECTOR_NAME.search(p) for p in path.split(".")):
@@ -213,13 +210,13 @@ def _lora_candidates(modules: dict, component_of: dict):
     """Every Linear-like leaf name, counted per component; PEFT-wrapped layers count as their wrapper."""
     linear_types = _linear_like_types()
     tuner_layer = _peft_tuner_layer_type()
-    counts, examples, inside_tuner = {}, {}, []
+    counts, examples, tuner = {}, {}, None
     for path, module in modules.items():
-        if any(_is_under(path, t) for t in inside_tuner):
+        if is_under(path, tuner):  # named_modules() is depth-first: a tuner's insides follow it
             continue
         is_tuner = tuner_layer is not None and isinstance(module, tuner_layer)
         if is_tuner:
-            inside_tuner.append(path)
+            tuner = path
         elif not isinstance(module, linear_types) or not path:
             continue
         name = path.rsplit(".", 1)[-1]

@@ -6,7 +6,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .report_runtime import short
+from .naming import short
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 SECTION = re.compile(r"^\[([A-Z][A-Z ]*[A-Z0-9]*)\]\s*(.*)$")

@@ -3,14 +3,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-PEFT_PREFIX = "base_model.model."
-
-
-def short(path: str) -> str:
-    """A module path without PEFT's wrapper prefix, for tables (the JSON keeps the full path)."""
-    if path in ("base_model", "base_model.model"):
-        return ""  # PEFT's wrappers stand for the model itself
-    return path[len(PEFT_PREFIX):] if path.startswith(PEFT_PREFIX) else path
+from .naming import short
 
 
 def fmt_bytes(n) -> str:
