@@ -18,9 +18,10 @@ def main() -> int:
     parser.add_argument("--clip", default="samples/sample.wav")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda", help="cuda (the check), or cpu with a small --config (a smoke test)")
     args = parser.parse_args()
     import torch
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device: this check runs on a GPU machine", file=sys.stderr)
         return 2
     from tracer.audio import load_clip
@@ -30,11 +31,12 @@ def main() -> int:
     from tracer.report_runtime import render_comparison, render_run
     from tracer.strategies import RunOptions, compare, run_strategies
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     t0 = time.perf_counter()
     loaded = load_model(config=args.config, device=device, dtype=torch.bfloat16)
-    print(f"built {loaded.name} on {torch.cuda.get_device_name()} in {time.perf_counter() - t0:.1f} s, "
-          f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB of weights")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    print(f"built {loaded.name} on {where} in {time.perf_counter() - t0:.1f} s, {weights / 2**30:.1f} GiB of weights")
     report = static_report(loaded.model)
     processor, _ = processor_for(loaded)
     clip = load_clip(args.clip, feature_extractor_of(processor).sampling_rate)

@@ -115,6 +115,8 @@ def timed(step, context_factory):
         loss = step()
         t1 = time.perf_counter()
         loss.backward()
+        if loss.is_cuda:  # count the queued backward kernels, not just their launch
+            torch.cuda.synchronize()
         t2 = time.perf_counter()
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
@@ -146,6 +148,7 @@ class Nothing:
 
 class profiler_context:
     """torch.profiler with shapes, memory and module names; its C++ start/stop lines kept off stderr."""
+    activities = ("CPU",)
 
     def __enter__(self):
         from torch.profiler import ProfilerActivity, profile
@@ -154,8 +157,8 @@ class profiler_context:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
-        self._prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True,
-                             with_modules=True)
+        self._prof = profile(activities=[getattr(ProfilerActivity, a) for a in self.activities], record_shapes=True,
+                             profile_memory=True, with_modules=True)
         self._prof.__enter__()
         return self
 
@@ -282,42 +285,105 @@ def bench_scale() -> dict:
     return out
 
 
-def bench_gpu() -> dict | None:
-    if not torch.cuda.is_available():
+def bench_gpu(device: str = "cuda", rounds: int = 12) -> dict | None:
+    """The overhead section again on CUDA in bf16: the medium model (fwd+bwd ms per variant) and the stress
+    model (added µs per module call against the no-op-hook floor). Each pass is bracketed by synchronise so
+    that queued kernels are counted; variants are interleaved as on the CPU. (device="cpu" is a smoke test.)"""
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
         return None
-    model, inputs, _ = medium_model()
-    model = model.to("cuda", torch.bfloat16)
-    batch = {k: v.to("cuda") for k, v in inputs.full.items()}
-    step = lambda: model(**batch).loss  # noqa: E731
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     class SyncPerHook(NoOpHooks):
+        """What a naive tracer does: time.time() around each module, made honest by a synchronise per hook."""
+
         def __enter__(self):
-            self.handles = [m.register_forward_hook(lambda *a: torch.cuda.synchronize()) for m in self.model.modules()]
+            self.handles = [m.register_forward_hook(lambda *a: sync()) for m in self.model.modules()]
             return self
 
-    def pass_ms(factory):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        with factory():
-            step().backward()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t) * 1e3
+    class cuda_profiler(profiler_context):
+        activities = ("CPU", "CUDA") if cuda else ("CPU",)
 
-    results = {n: [] for n in ("untraced", "tracer", "sync_per_hook")}
-    factories = {"untraced": Nothing, "tracer": lambda: Tracer(model), "sync_per_hook": lambda: SyncPerHook(model)}
-    for r in range(12):
-        for name, factory in factories.items():
-            model.zero_grad(set_to_none=True)
-            ms = pass_ms(factory)
-            if r >= 2:
-                results[name].append(ms)
-    return {n: statistics.median(v) for n, v in results.items()}
+    def synced(step):
+        def run():
+            sync()
+            loss = step()
+            sync()
+            return loss
+        return run
+
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu"}
+    if cuda:  # what the hot path's CUDA calls cost on their own, µs per call
+        def per_call_us(fn, n=2000):
+            fn()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter() - t) / n * 1e6
+        out["api_us"] = {
+            "memory_allocated()": per_call_us(torch.cuda.memory_allocated),
+            "max_memory_allocated()": per_call_us(torch.cuda.max_memory_allocated),
+            "memory_stats_as_nested_dict()": per_call_us(torch.cuda.memory_stats_as_nested_dict),
+            "reset_peak_memory_stats()": per_call_us(torch.cuda.reset_peak_memory_stats),
+            "Event(enable_timing).record()": per_call_us(lambda: torch.cuda.Event(enable_timing=True).record()),
+        }
+    model, inputs, _ = medium_model()
+    model = model.to(device, torch.bfloat16)
+    batch = {k: (v.to(device, torch.bfloat16) if v.is_floating_point() else v.to(device)) for k, v in inputs.full.items()}
+    step = lambda: model(**batch).loss  # noqa: E731
+    variants = {"untraced": Nothing, "floor": lambda: NoOpHooks(model), "tracer": lambda: Tracer(model),
+                "tracer_lean": lambda: Tracer(model, grad_norms=False, saved_tensors=False, memory=False),
+                "profiler": cuda_profiler, "sync_per_hook": lambda: SyncPerHook(model)}
+    medium = interleaved(synced(step), model, variants, rounds=rounds, warmup=3)
+    out["medium"] = {"module_calls": module_calls(model, step), **medium}
+
+    stress = stress_model().to(device)
+    x = torch.randn(64, 8, device=device, requires_grad=True)
+    sstep = lambda: stress(x).square().mean()  # noqa: E731
+    s = interleaved(synced(sstep), stress, {"untraced": Nothing, "floor": lambda: NoOpHooks(stress),
+                                            "tracer": lambda: Tracer(stress),
+                                            "tracer_lean": lambda: Tracer(stress, grad_norms=False, saved_tensors=False,
+                                                                          memory=False),
+                                            "profiler": cuda_profiler}, rounds=rounds * 3, warmup=3)
+    scalls = module_calls(stress, sstep)
+    s["added_us_per_call"] = {name: {k: (s[name][f"{k[:-3]}_min_ms"] - s["untraced"][f"{k[:-3]}_min_ms"]) * 1e3 / scalls
+                                     for k in ("forward_ms", "backward_ms")}
+                              for name in ("floor", "tracer", "tracer_lean", "profiler")}
+    out["stress"] = {"module_calls": scalls, **s}
+    return out
+
+
+def render_gpu(g: dict) -> str:
+    from tabulate import tabulate
+    total = lambda d: d["forward_ms"] + d["backward_ms"]  # noqa: E731
+    m = g["medium"]
+    base = total(m["untraced"])
+    rows = [[f"gpu medium fwd+bwd: {name} / untraced", f"{total(m[name]) / base:.3f}×",
+             f"{total(m[name]):.2f} ms" + (f", {m['module_calls']} module calls" if name == "untraced" else "")]
+            for name in ("untraced", "floor", "tracer", "tracer_lean", "profiler", "sync_per_hook")]
+    tracer_added, profiler_added = total(m["tracer"]) - base, total(m["profiler"]) - base
+    rows.append(["gpu medium: profiler overhead / tracer overhead",
+                 f"{profiler_added / tracer_added:.1f}×" if tracer_added > 0 else "tracer within noise", ""])
+    per = g["stress"]["added_us_per_call"]
+    for phase in ("forward_ms", "backward_ms"):
+        floor = per["floor"][phase]
+        for name in ("tracer", "tracer_lean", "profiler"):
+            ratio = f"{per[name][phase] / floor:.2f}×" if floor > 0.05 else "floor within noise"
+            rows.append([f"gpu stress {phase.split('_')[0]}: added µs per call, {name} vs floor",
+                         f"{per[name][phase]:.2f} vs {floor:.2f} µs = {ratio}", ""])
+    for api, us in g.get("api_us", {}).items():
+        rows.append([f"gpu api: {api}", f"{us:.1f} µs", "one call on its own"])
+    return tabulate(rows, headers=["measure (" + g["device"] + ", bf16)", "result", "context"], tablefmt="github",
+                    disable_numparse=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test, noisier)")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the CUDA section (a device check: the CPU sections take minutes)")
     parser.add_argument("--memory-child", choices=("untraced", "traced"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -325,8 +391,18 @@ def main() -> int:
         return 0
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     started = time.perf_counter()
+    if args.gpu_only:
+        if not torch.cuda.is_available():
+            print("error: --gpu-only needs a CUDA device", file=sys.stderr)
+            return 2
+        gpu = bench_gpu(rounds=8)
+        print(render_gpu(gpu))
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "gpu": gpu, "elapsed_s": time.perf_counter() - started}, f, indent=1)
+        print(f"\nwrote {args.json}")
+        return 0
     overhead, (model, inputs, report) = bench_overhead(args.quick)
-    results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+    results = {"machine": machine(),
                "overhead": overhead, "fidelity": bench_fidelity(model, inputs, report),
                "memory": bench_memory(), "scale": bench_scale(), "gpu": bench_gpu()}
     results["elapsed_s"] = time.perf_counter() - started
@@ -335,6 +411,13 @@ def main() -> int:
         json.dump(results, f, indent=1)
     print(f"\nwrote {args.json}")
     return 0
+
+
+def machine() -> dict:
+    facts = {"cpus": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts
 
 
 def _overhead_ratio(m: dict, total) -> str:
@@ -384,11 +467,8 @@ def render(r: dict) -> str:
                  f"{sc['static_7b_lora_modules']} modules"])
     rows.append(["scale: bin/trace --help", f"{sc['help_s']:.3f} s", "≤ 0.5 s", ""])
     rows.append(["scale: bin/trace samples/sample.wav end to end", f"{sc['main_job_s']:.1f} s", "≤ 20 s", ""])
-    if r["gpu"]:
-        g = r["gpu"]
-        rows.append(["gpu: tracer / untraced (events)", f"{g['tracer'] / g['untraced']:.3f}×", "", ""])
-        rows.append(["gpu: synchronise-per-hook / untraced", f"{g['sync_per_hook'] / g['untraced']:.3f}×", "", ""])
-    return tabulate(rows, headers=["measure", "result", "goal", "context"], tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=["measure", "result", "goal", "context"], tablefmt="github", disable_numparse=True)
+    return table + ("\n\n" + render_gpu(r["gpu"]) if r["gpu"] else "")
 
 
 if __name__ == "__main__":

@@ -129,3 +129,34 @@ def test_cli_one_strategy_and_bad_repeats(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --strategy: invalid choice: 'nope'") and err.count("\n") == 1
+
+
+def test_memory_from_a_separate_pass_lands_on_calls_and_modules():
+    """On CUDA per-call allocator bytes come from a pass of their own; merging them back must give each call
+    its own numbers, and each module its first call's delta and its largest peak."""
+    import torch.nn as nn
+
+    from tracer.hooks import Tracer
+    from tracer.strategies import _merge_module_memory, _with_memory
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(self.lin(x))
+
+    model = Twice()
+    with Tracer(model, memory=False) as tr:
+        model(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    memory = {("lin", 0, False): (100, 300), ("lin", 1, False): (50, 700), ("", 0, False): (150, 900)}
+    calls = _with_memory(tr.calls(), memory)
+    assert [(c.path, c.memory_delta_bytes, c.peak_bytes) for c in calls] == [
+        ("", 150, 900), ("lin", 100, 300), ("lin", 50, 700)]
+    rows = [m.to_dict() for m in tr.modules()]
+    assert all(r["memory_delta_bytes"] is None for r in rows)
+    _merge_module_memory(rows, calls)
+    by = {r["path"]: r for r in rows}
+    assert (by["lin"]["memory_delta_bytes"], by["lin"]["peak_bytes"]) == (100, 700)
+    assert (by[""]["memory_delta_bytes"], by[""]["peak_bytes"]) == (150, 900)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -87,14 +87,17 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
             f, b = _timed_pass(step, model, device)
             forward.append(f)
             backward.append(b)
-        # NB: memory gets a pass of its own: on CPU the RSS sampler thread would slow the timed passes
+        # NB: memory gets a pass of its own: on CPU the RSS sampler thread would slow the timed passes.
+        # The last pass's gradients are freed first, or the baseline counts them and the peak looks tiny.
+        model.zero_grad(set_to_none=True)
         with PeakMemory(device) as memory:
             _timed_pass(step, model, device)
+        memory_by_call = _cuda_memory_pass(step, model, device)
     except Exception as e:
         e.failed_in = _locate_failure(step, model, report)
         raise
     model.zero_grad(set_to_none=True)
-    tracer = Tracer(model, component_of=report.component_of)
+    tracer = Tracer(model, component_of=report.component_of, memory=False)
     try:
         with tracer:
             t0 = time.perf_counter()
@@ -107,8 +110,10 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         e.failed_in = tracer.failed_in  # the last module that ran, for the report
         raise
     record = tracer.result()
+    calls = _with_memory(tracer.calls(), memory_by_call)
+    _merge_module_memory(record["modules"], calls)
     if options.keep_calls:
-        record["calls"] = [asdict(c) for c in tracer.calls()]
+        record["calls"] = [asdict(c) for c in calls]
     untraced_ms = statistics.median(forward) + statistics.median(backward)
     stages = stage_rollup(record["modules"], report, model)
     executed = [m for m in record["modules"] if m["executed"]]
@@ -129,6 +134,41 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         "stages": stages,
         **record,
     }
+
+
+def _cuda_memory_pass(step, model, device) -> dict:
+    """Per-call allocator bytes from a traced pass of its own, on CUDA: reading the allocator around every
+    call costs far more than the call itself on a GPU, so the timed traced pass leaves it out. Keyed by
+    (path, call index, recompute)."""
+    if device.type != "cuda":
+        return {}
+    model.zero_grad(set_to_none=True)
+    with Tracer(model, grad_norms=False, saved_tensors=False) as tracer:
+        loss = step()
+        if loss.requires_grad:
+            loss.backward()
+    return {(c.path, c.call_index, c.recompute): (c.memory_delta_bytes, c.peak_bytes) for c in tracer.calls()}
+
+
+def _with_memory(calls: list, memory_by_call: dict) -> list:
+    if not memory_by_call:
+        return calls
+    return [replace(c, memory_delta_bytes=m[0], peak_bytes=m[1]) if (m := memory_by_call.get(
+        (c.path, c.call_index, c.recompute))) else c for c in calls]
+
+
+def _merge_module_memory(modules: list[dict], calls: list) -> None:
+    """Module rows take their memory from the calls: the first call's delta, the largest peak."""
+    per_path: dict = {}
+    for c in calls:
+        per_path.setdefault(c.path, []).append(c)
+    for row in modules:
+        cs = per_path.get(row["path"])
+        if not cs or row["memory_delta_bytes"] is not None:
+            continue
+        first = next((c for c in cs if not c.recompute), cs[0])
+        row["memory_delta_bytes"] = first.memory_delta_bytes
+        row["peak_bytes"] = max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None)
 
 
 def _locate_failure(step, model, report) -> str | None:
