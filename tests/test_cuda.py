@@ -61,7 +61,7 @@ def test_lora_grad_norms_match_autograd_on_cuda(cuda_tiny):
     model(**batch).loss.backward()
     plain = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    with Tracer(model) as tr:
+    with Tracer(model):
         model(**batch).loss.backward()
     traced = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
     assert plain.keys() == traced.keys() and plain

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from test_hooks import hook_counts
 
 import tracer.loading
-from test_hooks import hook_counts
 from tracer.cli import main
 
 FAST = ["--repeats", "1", "--warmup", "0"]

@@ -12,8 +12,9 @@ from .errors import EXIT_OK, EXIT_STRATEGY_FAILED, TracerError
 class Output:
     """Prints report sections (unless --quiet) and keeps them for --markdown."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, colour: bool = False):
         self.quiet = quiet
+        self.colour = colour  # only on a TTY, and never with NO_COLOR
         self.sections: list[str] = []
 
     def emit(self, text: str) -> None:
@@ -30,15 +31,18 @@ class Output:
 
 
 def run_job(args) -> int:
-    # peft 0.21 calls a transformers API that 5.x deprecated: noise for our users, not theirs to fix
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    from . import report_runtime
+    with warnings.catch_warnings():  # NB: scoped: the process-wide filters are the caller's
+        # peft 0.21 calls a transformers API that 5.x deprecated: noise for our users, not theirs to fix
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return _run_job(args)
+
+
+def _run_job(args) -> int:
     from .discovery import static_report
     from .loading import load_model, resolve_device, resolve_dtype
     from .reporting import SCHEMA_VERSION, clip_record, render_clip, render_static
 
-    report_runtime.USE_COLOUR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    out = Output(args.quiet)
+    out = Output(args.quiet, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     loaded = load_model(args.model, args.config, device=device, dtype=dtype, static_only=args.static_only,
@@ -114,7 +118,7 @@ def _run_strategies(args, loaded, report, inputs, device, payload, out: Output) 
         out.emit(render_lora_diagnosis(runs, diagnosis))
         payload["lora_setup"] = setup
         payload["lora_diagnosis"] = diagnosis
-    out.emit(render_confirmation(verdicts))
+    out.emit(render_confirmation(verdicts, colour=out.colour))
     return EXIT_STRATEGY_FAILED if any(r["status"] == "failed" for r in runs.values()) else EXIT_OK
 
 

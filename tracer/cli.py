@@ -6,6 +6,7 @@ import os
 import sys
 
 from .errors import EXIT_UNEXPECTED, EXIT_USAGE, TracerError
+from .vocab import LOSSES
 
 DESCRIPTION = """\
 Trace an audio-language model on a real clip: a static structure report (8 steps), then
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which encoding strategies to run (default both)")
     run.add_argument("--repeats", type=int, default=3, help="timed untraced passes per strategy (default 3)")
     run.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
-    run.add_argument("--loss", default="pooled_l2", choices=("pooled_l2", "pooled_mean"),
+    run.add_argument("--loss", default="pooled_l2", choices=LOSSES,
                      help="audio_tower surrogate loss on the encoder output pooled over the clip's frames: "
                           "squared L2 norm of the mean (default) or the plain mean")
     lora = p.add_argument_group("LoRA (attached with peft before the runs)")

@@ -5,8 +5,7 @@ from dataclasses import asdict, dataclass
 
 from .discovery import StaticReport
 from .naming import is_under, short
-
-CONFIRMED, REFUTED, NOTED, NOT_CHECKED = "confirmed", "refuted", "noted", "not checked"
+from .vocab import CONFIRMED, LAYER_LIST_NAMES, NOT_CHECKED, NOTED, REFUTED
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def _components_verdict(name: str, run: dict, report: StaticReport) -> Verdict:
 
 
 def _layer_list_path(mods: dict, encoder_path: str) -> str | None:
-    for suffix in ("layers", "layer", "blocks"):
+    for suffix in LAYER_LIST_NAMES:
         if f"{encoder_path}.{suffix}" in mods:
             return f"{encoder_path}.{suffix}"
     return None

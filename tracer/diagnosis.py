@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .naming import collapse_paths
+from .vocab import LORA_STATUSES
 
-STATUSES = ("ok", "zero_init", "not_executed", "frozen", "no_grad_mode", "off_loss_path", "disabled",
-            "zero_grad", "nonfinite")
+STATUSES = LORA_STATUSES
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ from tabulate import tabulate
 from .errors import TracerError, read_json_object
 from .naming import collapse_paths, new_roots, short
 from .report_runtime import fmt_bytes, fmt_ms
-
-STRATEGIES = ("audio_tower", "full_forward")
+from .vocab import STRATEGIES
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

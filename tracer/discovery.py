@@ -17,6 +17,7 @@ from .records import (
     TopLevelAttribute,
     TreeRow,
 )
+from .vocab import COMPONENTS, LAYER_LIST_NAMES  # noqa: F401 - COMPONENTS re-exported for old imports
 
 AUDIO_ENCODER_NAMES = ("audio_tower", "audio_encoder", "audio_model", "speech_encoder", "whisper_encoder",
                        "audio_embed", "audio_embeds")
@@ -24,8 +25,6 @@ AUDIO_ENCODER_CLASS = re.compile(r"(Audio|Speech|Whisper|Wav2Vec2|Hubert|WavLM|C
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model", "llm", "lm", "decoder")
 PROJECTOR_NAME = re.compile(r"projector|mm_proj|multi_modal")
 HEAD_NAMES = ("lm_head", "proj_out", "output", "embed_out")
-LAYER_LIST_NAMES = ("layers", "layer", "blocks", "h")
-COMPONENTS = ("audio_encoder", "projector", "language_model", "head", "other")
 # Names LoRA recipes conventionally target, and what a component uses instead when one is absent.
 CONVENTIONAL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj",
                         "gate_proj", "up_proj", "down_proj", "fc1", "fc2")

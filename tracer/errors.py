@@ -10,6 +10,16 @@ class TracerError(Exception):
     """Bad input or usage: printed as one line ``error: …`` and exit code 2."""
 
 
+class StrategyFailed(Exception):
+    """A strategy's pass raised ``error`` (also its ``__cause__``); ``failed_in`` names the innermost module
+    it passed through, when a traced rerun could tell. The user's exception object is left untouched."""
+
+    def __init__(self, error: BaseException, failed_in: str | None):
+        super().__init__(f"{type(error).__name__}: {first_line(error)}")
+        self.error = error
+        self.failed_in = failed_in
+
+
 def first_line(error: BaseException) -> str:
     """An exception as one short line for ``error: …`` messages."""
     text = str(error).strip() or type(error).__name__

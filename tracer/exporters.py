@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .naming import short
+from .vocab import LAYER_PATH
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 SECTION = re.compile(r"^\[([A-Z][A-Z ]*[A-Z0-9]*)\]\s*(.*)$")
@@ -94,7 +95,7 @@ def plot(runs: dict, path: str) -> None:
     fig, (layers_ax, lora_ax, cmp_ax) = plt.subplots(3, 1, figsize=PLOT_SIZE, dpi=PLOT_DPI)
     main = ok.get("full_forward") or next(iter(ok.values()), None)
     if main:
-        rows = [m for m in main["modules"] if m["executed"] and re.search(r"\.(layers|layer|blocks)\.\d+$", m["path"])]
+        rows = [m for m in main["modules"] if m["executed"] and LAYER_PATH.search(m["path"])]
         xs = range(len(rows))
         layers_ax.bar([x - 0.2 for x in xs], [m["forward_ms"] for m in rows], 0.4, label="forward")
         layers_ax.bar([x + 0.2 for x in xs], [m["backward_ms"] or 0 for m in rows], 0.4, label="backward")

@@ -92,7 +92,6 @@ class Tracer:
         self._paths = [p for p, _ in modules]
         self._classes = [type(m).__name__ for _, m in modules]
         self._containers = [isinstance(m, _CONTAINERS) for _, m in modules]
-        self._training = [(m, m.training) for _, m in modules]
         self._calls, self._stack, self._param_times, self._tensor_handles = [], [], [], []
         self._produced: dict = {}  # id(output tensor) -> (weakref, version, [producer cid, consumer cids])
         self._seen_storage: set = set()
@@ -135,9 +134,6 @@ class Tracer:
         for handle in self._handles + getattr(self, "_tensor_handles", []):
             handle.remove()
         self._handles, self._tensor_handles, self._stack, self._produced = [], [], [], {}
-        for module, training in getattr(self, "_training", []):
-            if module.training != training:
-                module.train(training)
 
     # -- hot path --------------------------------------------------------------------------------------
     def _cuda_event(self):

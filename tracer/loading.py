@@ -25,7 +25,6 @@ class LoadedModel:
     processor: Any | None
     name: str
     source: str  # "builtin" | "dir" | "hub" | "config"
-    random_weights: bool
     on_meta: bool
 
 
@@ -68,7 +67,7 @@ def load_builtin(device, dtype) -> LoadedModel:
     torch.manual_seed(BUILTIN_SEED)
     model = Qwen2AudioForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
     processor = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
-    return LoadedModel(model, processor, "builtin tiny Qwen2-Audio", "builtin", True, False)
+    return LoadedModel(model, processor, "builtin tiny Qwen2-Audio", "builtin", False)
 
 
 def load_model(model: str | None = None, config: str | None = None, *, device, dtype,
@@ -142,7 +141,7 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
         raise TracerError(f"--model {name}: cannot load weights ({first_line(e)})") from None
     # NB: with a device map accelerate has placed (and maybe offloaded) every layer: moving it would undo that
     model = (model if device_map else model.to(device)).eval()
-    return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, False)
+    return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False)
 
 
 class _quiet_transformers:
@@ -206,7 +205,7 @@ def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_r
         torch.manual_seed(BUILTIN_SEED)
         with device:
             model = model_cls._from_config(config, dtype=dtype)
-    return LoadedModel(model.eval(), None, file.name, "config", True, static_only)
+    return LoadedModel(model.eval(), None, file.name, "config", static_only)
 
 
 def _check_fits(meta_model, path: str, device, dtype) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .discovery import StaticReport
 from .errors import TracerError, first_line, read_json_object
+from .vocab import strip_peft_prefix
 
 REGEX_CHARS = re.compile(r"[\^$*+?()\[\]|\\]")
 
@@ -110,7 +111,7 @@ def suggest_targets(report: StaticReport) -> dict:
     names = list(strategy.lora_targets)
     alternatives = "|".join(names)
     if strategy.chosen == "audio_tower" and report.audio_encoder is not None:
-        path = _strip_peft_prefix(report.audio_encoder.path)
+        path = strip_peft_prefix(report.audio_encoder.path)
         regex = rf"{re.escape(path)}\..*\.({alternatives})"
         note = ("a plain list also matches same-named layers outside the audio encoder "
                 "(q_proj/k_proj/v_proj exist in the language model too): use the regex")
@@ -118,10 +119,6 @@ def suggest_targets(report: StaticReport) -> dict:
         regex = rf".*\.({alternatives})"
         note = "the whole model runs: the list is enough"
     return {"strategy": strategy.chosen, "list": names, "regex": regex, "note": note}
-
-
-def _strip_peft_prefix(path: str) -> str:
-    return path[len("base_model.model."):] if path.startswith("base_model.model.") else path
 
 
 def _show(target_modules):

@@ -1,7 +1,7 @@
 """Path helpers shared by the report and the diagnosis: collapse repeated layers into ranges."""
 from __future__ import annotations
 
-PEFT_PREFIX = "base_model.model."
+from .vocab import strip_peft_prefix
 
 
 def is_under(path: str, root: str | None) -> bool:
@@ -13,7 +13,7 @@ def short(path: str) -> str:
     """A module path without PEFT's wrapper prefix, for people (the JSON keeps the full path)."""
     if path in ("base_model", "base_model.model"):
         return ""  # PEFT's wrappers stand for the model itself
-    return path[len(PEFT_PREFIX):] if path.startswith(PEFT_PREFIX) else path
+    return strip_peft_prefix(path)
 
 
 def _ranges(indices: list[int]) -> str:

@@ -112,21 +112,20 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
     return "\n".join(out)
 
 
-def render_confirmation(verdicts: list) -> str:
-    rows = [[v.claim, v.strategy or "", v.claimed, v.observed, paint(v.verdict.upper(), v.verdict)]
+def render_confirmation(verdicts: list, colour: bool = False) -> str:
+    rows = [[v.claim, v.strategy or "", v.claimed, v.observed, paint(v.verdict.upper(), v.verdict, colour)]
             for v in verdicts]
     out = ["\n[CONFIRMATION] the static report checked against what ran (refuted claims first)",
            tabulate(rows, headers=["claim", "strategy", "claimed", "observed", "verdict"], tablefmt="simple",
                     disable_numparse=True)]
-    out += [f"  {paint('!', 'refuted')} {v.claim} ({v.strategy}): {v.todo}" for v in verdicts
+    out += [f"  {paint('!', 'refuted', colour)} {v.claim} ({v.strategy}): {v.todo}" for v in verdicts
             if v.verdict == "refuted" and v.todo]
     return "\n".join(out)
 
 
-COLOURS = {"confirmed": "32", "refuted": "31", "failed": "31", "noted": "33"}
-USE_COLOUR = False  # set by the CLI: only on a TTY, and never with NO_COLOR
+COLOURS = {"confirmed": "32", "refuted": "31", "noted": "33"}
 
 
-def paint(text: str, kind: str) -> str:
+def paint(text: str, kind: str, colour: bool) -> str:
     code = COLOURS.get(kind)
-    return f"\033[{code}m{text}\033[0m" if USE_COLOUR and code else text
+    return f"\033[{code}m{text}\033[0m" if colour and code else text

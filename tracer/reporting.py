@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .discovery import COMPONENTS, StaticReport
+from .discovery import StaticReport
+from .vocab import COMPONENTS
 
 SCHEMA_VERSION = 1
 

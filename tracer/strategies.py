@@ -8,14 +8,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .discovery import COMPONENTS, StaticReport
-from .errors import first_line
+from .discovery import StaticReport
+from .errors import StrategyFailed, first_line
 from .hooks import Tracer
 from .memory import PeakMemory
 from .naming import new_roots
-
-STRATEGIES = ("audio_tower", "full_forward")
-LOSSES = ("pooled_l2", "pooled_mean")
+from .vocab import COMPONENTS, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,8 @@ def _timed_pass(step, model, device) -> tuple[float, float]:
 
 
 def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOptions, device) -> dict:
-    """One strategy's RUN record. Raises whatever the model raises; the caller records failures."""
+    """One strategy's RUN record. An error in a pass raises StrategyFailed (the model's exception is its
+    ``__cause__``); KeyboardInterrupt passes through."""
     step = make_step(name, model, report, inputs, options, device)
     forward, backward = [], []
     try:
@@ -94,8 +93,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
             _timed_pass(step, model, device)
         memory_by_call = _cuda_memory_pass(step, model, device)
     except Exception as e:
-        e.failed_in = _locate_failure(step, model, report)
-        raise
+        raise StrategyFailed(e, _locate_failure(step, model, report)) from e
     model.zero_grad(set_to_none=True)
     tracer = Tracer(model, component_of=report.component_of, memory=False)
     try:
@@ -106,9 +104,8 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
                 loss.backward()
             _sync(device)
             traced_ms = (time.perf_counter() - t0) * 1e3
-    except BaseException as e:
-        e.failed_in = tracer.failed_in  # the last module that ran, for the report
-        raise
+    except Exception as e:
+        raise StrategyFailed(e, tracer.failed_in) from e  # the last module that ran, for the report
     record = tracer.result()
     calls = _with_memory(tracer.calls(), memory_by_call)
     _merge_module_memory(record["modules"], calls)
@@ -224,11 +221,10 @@ def run_strategies(model, report: StaticReport, inputs, options: RunOptions, dev
             continue
         try:
             runs[name] = run_strategy(name, model, report, inputs, options, device)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:  # noqa: BLE001 - OOM and model errors become this strategy's row
-            runs[name] = {"status": "failed", "reason": f"{type(e).__name__}: {first_line(e)}",
-                          "failed_in": getattr(e, "failed_in", None)}
+        except StrategyFailed as e:  # OOM and model errors become this strategy's row
+            runs[name] = {"status": "failed", "reason": str(e), "failed_in": e.failed_in}
+        except Exception as e:  # noqa: BLE001 - outside the passes (building the step, the roll-ups)
+            runs[name] = {"status": "failed", "reason": f"{type(e).__name__}: {first_line(e)}", "failed_in": None}
         finally:
             model.zero_grad(set_to_none=True)
             if device.type == "cuda":
