@@ -3,7 +3,7 @@
 Heavy imports (torch, transformers, peft) are deferred so ``bin/trace --help`` stays fast.
 """
 __version__ = "0.1.0"
-__all__ = ["Tracer", "static_report", "TracerError"]
+__all__ = ["Tracer", "static_report", "trace_clip", "TraceOptions", "TraceReport", "TracerError"]
 
 
 def __getattr__(name):
@@ -13,6 +13,9 @@ def __getattr__(name):
     if name == "static_report":
         from .discovery import static_report
         return static_report
+    if name in ("trace_clip", "TraceOptions", "TraceReport"):
+        from . import pipeline
+        return getattr(pipeline, name)
     if name == "TracerError":
         from .errors import TracerError
         return TracerError

@@ -145,23 +145,13 @@ def _guarded(args, work) -> int:
 
 def _validate(args) -> None:
     """Cheap checks before any heavy import or model load."""
-    from .loading import DTYPES, check_output_path
-    if args.repeats < 1:
-        raise TracerError(f"--repeats {args.repeats}: must be at least 1")
-    if args.warmup < 0:
-        raise TracerError(f"--warmup {args.warmup}: must be 0 or more")
+    from .app import options_from_args
+    from .loading import check_output_path
+    options_from_args(args).validate()
     if args.top < 0:
         raise TracerError(f"--top {args.top}: must be 0 or more")
-    chosen = [flag for flag, on in (("--no-lora", args.no_lora), ("--lora-config", args.lora_config),
-                                    ("--adapter", args.adapter)) if on]
-    if len(chosen) > 1:
-        raise TracerError(f"{' and '.join(chosen)} exclude each other")
-    if args.lora_r < 1:
-        raise TracerError(f"--lora-r {args.lora_r}: must be at least 1")
     if args.depth < 0:
         raise TracerError(f"--depth {args.depth}: must be 0 or more")
-    if args.dtype not in DTYPES:
-        raise TracerError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     for flag in ("chrome_trace", "plot"):
         if getattr(args, flag) and args.static_only:
             raise TracerError(f"--{flag.replace('_', '-')} draws the runs: drop --static-only")

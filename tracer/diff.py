@@ -8,6 +8,7 @@ from tabulate import tabulate
 
 from .errors import TracerError, read_json_object
 from .naming import collapse_paths, new_roots, short
+from .pipeline import SCHEMA_VERSION
 from .report_runtime import fmt_bytes, fmt_ms
 from .vocab import STRATEGIES
 
@@ -22,7 +23,7 @@ def load_side(spec: str) -> tuple[str, dict]:
     """'out.json' or 'out.json:full_forward' -> (strategy or None, the JSON record)."""
     path, strategy = split_spec(spec)
     data = read_json_object(path, "diff:")
-    if data.get("schema_version") != 1 or "runs" not in data:
+    if data.get("schema_version") != SCHEMA_VERSION or "runs" not in data:
         raise TracerError(f"diff: {path}: not a tracer record with runs (schema_version 1; written by "
                           "`bin/trace CLIP --json FILE` without --static-only)")
     if strategy is not None and strategy not in data["runs"]:

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .naming import short
+from .pipeline import SCHEMA_VERSION
 from .vocab import LAYER_PATH
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
@@ -49,7 +50,7 @@ def chrome_trace(runs: dict) -> dict:
             if start is not None and end is not None and end >= start:
                 events.append({"name": label, "cat": "backward", "ph": "X", "ts": start / 1e3,
                                "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
-    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": 1}}
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
 
 
 def markdown(text: str, title: str) -> str:

@@ -6,8 +6,6 @@ from tabulate import tabulate
 from .discovery import StaticReport
 from .vocab import COMPONENTS
 
-SCHEMA_VERSION = 1
-
 
 def _n(value) -> str:
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,0 +1,81 @@
+"""trace_clip(): the library call behind bin/trace gives the same record as --json, takes model objects,
+and tells an observer about each part in order."""
+import json
+
+import models
+import pytest
+import torch
+
+from tracer import TraceOptions, trace_clip
+from tracer.cli import main
+
+FAST = TraceOptions(repeats=1, warmup=0)
+VARYING = ("_ms", "ratio", "traced_over", "peak_memory", "peak_bytes", "memory_delta")
+
+
+def same_apart_from_times(a, b, where="") -> None:
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            if isinstance(key, str) and any(v in key for v in VARYING):
+                continue
+            same_apart_from_times(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_apart_from_times(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-9), where
+    else:
+        assert a == b, where
+
+
+def test_trace_clip_is_what_the_cli_writes(capsys, root, tmp_path, monkeypatch):
+    monkeypatch.chdir(root)
+    out = tmp_path / "cli.json"
+    assert main(["samples/sample.wav", "--repeats", "1", "--warmup", "0", "--json", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    cli = json.loads(out.read_text())
+    report = trace_clip("samples/sample.wav", options=FAST)
+    # through JSON, as the CLI writes it (tuples become lists)
+    same_apart_from_times(cli, json.loads(json.dumps(report.to_dict(), default=str)))
+    assert cli["runs"]["full_forward"]["lora_summary"] == {"audio_encoder": {"zero_init": 12},
+                                                          "language_model": {"zero_init": 6}}
+    assert not report.failed and report.notes[0].startswith("built-in tiny Qwen2-Audio with RANDOM weights")
+
+
+def test_trace_clip_takes_a_model_object_and_reports_in_order(root):
+    events = []
+    model = models.builtin_model()
+    report = trace_clip(f"{root}/samples/sample.wav", model, options=TraceOptions(repeats=1, warmup=0,
+                                                                                  strategy="audio_tower"),
+                        observer=lambda event, rep, detail: events.append((event, detail)))
+    assert [e for e, _ in events] == ["static", "note", "clip", "lora", "run", "done"]
+    assert events[1][1].startswith("this model has no processor")  # an object comes without one
+    assert report.source == "object" and report.model_name == "Qwen2AudioForConditionalGeneration"
+    assert list(report.runs) == ["audio_tower"] and report.runs["audio_tower"]["status"] == "ok"
+    assert report.model.base_model.model is model  # the PEFT wrapper around the object given
+    assert report.to_dict()["lora_setup"]["layers"] == 12 + 6
+
+
+def test_trace_clip_static_only_runs_nothing():
+    report = trace_clip(options=TraceOptions(static_only=True))
+    payload = report.to_dict()
+    assert "runs" not in payload and "clip" not in payload
+    assert payload["static"]["strategy"]["chosen"] == "audio_tower"
+
+
+def test_trace_clip_bad_options_are_one_line_errors():
+    from tracer import TracerError
+    with pytest.raises(TracerError, match=r"--repeats 0: must be at least 1"):
+        trace_clip(options=TraceOptions(repeats=0))
+    with pytest.raises(TracerError, match="exclude each other"):
+        trace_clip(None, torch.nn.Linear(2, 2), config="x.json")
+
+
+def test_trace_clip_leaves_process_warning_filters_alone():
+    import warnings
+    before = list(warnings.filters)
+    trace_clip(options=TraceOptions(static_only=True))
+    assert warnings.filters == before

@@ -1,0 +1,241 @@
+"""``trace_clip()``: what ``bin/trace CLIP`` does, as one library call that returns the whole report.
+
+Load (or take) a model, the static report, the clip, LoRA, both strategies, the LoRA diagnosis and the
+confirmation. Nothing here prints or writes a file: an ``observer`` hears each part as it is ready (the CLI
+renders it then, so a long job shows its static report before the runs), and ``TraceReport.to_dict()`` is
+exactly the JSON that ``--json`` writes. Imports nothing heavy until called.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import TracerError
+from .vocab import LOSSES, RUN_FAILED, STRATEGIES
+
+SCHEMA_VERSION = 1
+BUILTIN_BANNER = ("built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
+                  "noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
+
+
+@dataclass
+class TraceOptions:
+    """Everything ``bin/trace`` takes besides the clip, the model and the output files (same defaults)."""
+    strategy: str = "both"  # "both" or one of vocab.STRATEGIES
+    repeats: int = 3  # timed untraced passes per strategy
+    warmup: int = 1
+    loss: str = "pooled_l2"  # audio_tower's surrogate loss (vocab.LOSSES)
+    lora: bool = True  # attach LoRA with peft before the runs
+    lora_targets: str = "auto"  # auto | comma list | regex
+    lora_r: int = 8
+    lora_config: str | None = None  # a LoraConfig as JSON
+    adapter: str | None = None  # an existing adapter directory
+    prompt: str | None = None
+    target: str | None = None
+    offset: float = 0.0
+    duration: float | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    static_only: bool = False
+    keep_calls: bool = False  # per-call records in each run (the Chrome trace needs them)
+    progress: bool = False  # tqdm bars on stderr during the timed passes
+
+    def validate(self) -> None:
+        """Cheap checks, before any heavy import: TracerError with the flag's name, as the CLI shows it."""
+        from .loading import DTYPES
+        if self.strategy not in ("both", *STRATEGIES):
+            raise TracerError(f"--strategy {self.strategy!r}: choose both, {', '.join(STRATEGIES)}")
+        if self.loss not in LOSSES:
+            raise TracerError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.repeats < 1:
+            raise TracerError(f"--repeats {self.repeats}: must be at least 1")
+        if self.warmup < 0:
+            raise TracerError(f"--warmup {self.warmup}: must be 0 or more")
+        chosen = [flag for flag, on in (("--no-lora", not self.lora), ("--lora-config", self.lora_config),
+                                        ("--adapter", self.adapter)) if on]
+        if len(chosen) > 1:
+            raise TracerError(f"{' and '.join(chosen)} exclude each other")
+        if self.lora_r < 1:
+            raise TracerError(f"--lora-r {self.lora_r}: must be at least 1")
+        if self.dtype not in DTYPES:
+            raise TracerError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class TraceReport:
+    """What one trace found. Filled part by part; ``to_dict()`` is the ``--json`` record (schema v1)."""
+    model_name: str
+    source: str  # builtin | dir | hub | config | object
+    model_info: dict
+    static: Any  # discovery.StaticReport of the model as loaded
+    model: Any = None  # the model that ran (PEFT-wrapped when LoRA was attached)
+    notes: list = field(default_factory=list)
+    clip: Any = None  # audio.Clip
+    inputs: Any = None  # inputs.ModelInputs
+    run_static: Any = None  # the static report of the model that ran (PEFT paths)
+    lora_setup: dict | None = None
+    runs: dict = field(default_factory=dict)
+    comparison: dict | None = None
+    verdicts: list = field(default_factory=list)  # confirmation.Verdict, refuted first
+    lora_diagnosis: dict | None = None
+
+    @property
+    def failed(self) -> bool:
+        return any(r["status"] == RUN_FAILED for r in self.runs.values())
+
+    def clip_record(self) -> dict | None:
+        from .reporting import clip_record
+        return None if self.clip is None else clip_record(self.clip.info, self.inputs)
+
+    def to_dict(self) -> dict:
+        payload = {"schema_version": SCHEMA_VERSION, "model": self.model_info, "static": self.static.to_dict()}
+        if self.clip is not None:
+            payload["clip"] = self.clip_record()
+        if self.comparison is not None:
+            # per-call events live in the Chrome trace, not the JSON
+            payload["runs"] = {n: {k: v for k, v in r.items() if k != "calls"} for n, r in self.runs.items()}
+            payload["comparison"] = self.comparison
+            payload["confirmation"] = [v.to_dict() for v in self.verdicts]
+        if self.lora_setup is not None:
+            payload["lora_setup"] = self.lora_setup
+            payload["lora_diagnosis"] = self.lora_diagnosis
+        return payload
+
+
+Observer = Callable[[str, TraceReport, Any], None]
+
+
+def trace_clip(clip: str | None = None, model: Any = None, *, config: str | None = None,
+               options: TraceOptions | None = None, processor: Any = None,
+               observer: Observer | None = None) -> TraceReport:
+    """Trace ``model`` on ``clip`` as ``bin/trace`` does and return the report.
+
+    Args:
+        clip: an audio file; None takes the shipped clip (or none with ``options.static_only``).
+        model: None (the built-in tiny Qwen2-Audio), a checkpoint directory or cached hub id, or a model
+            object (with ``processor``, or the built-in processor is used).
+        config: build a random-weight model from a config.json instead (exclusive with ``model``).
+        options: TraceOptions (defaults as the CLI's).
+        observer: called as ``observer(event, report, detail)`` for each part as it is ready: "note" (the
+            text), "static", "clip", "lora", "run" (the strategy's name), "done".
+
+    Raises TracerError (one line) on bad input; a failing strategy is recorded in ``report.runs``.
+    """
+    options = options or TraceOptions()
+    options.validate()
+    with warnings.catch_warnings():  # NB: scoped: the process-wide filters are the caller's
+        # peft 0.21 calls a transformers API that 5.x deprecated: noise for our users, not theirs to fix
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return _trace(clip, model, config, options, processor, observer or (lambda *a: None))
+
+
+def _trace(clip, model, config, options: TraceOptions, processor, observe: Observer) -> TraceReport:
+    from .discovery import static_report
+    from .loading import input_device, resolve_device, resolve_dtype
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    loaded = _load(model, config, processor, options, device, dtype)
+    if options.device_map:
+        device = input_device(loaded.model, device)
+    report = static_report(loaded.model)
+    trace = TraceReport(loaded.name, loaded.source, {
+        "name": loaded.name, "class": report.model_class, "module": report.model_module,
+        "dtype": str(dtype).replace("torch.", ""), "device": "meta" if loaded.on_meta else str(device),
+        "params_total": report.params_total, "params_trainable": report.params_trainable}, report,
+        model=loaded.model)
+    if loaded.source == "builtin":
+        _note(trace, observe, BUILTIN_BANNER)
+    observe("static", trace, None)
+    if clip is None and not options.static_only:
+        from .loading import BUILTIN_CLIP
+        clip = str(BUILTIN_CLIP)
+    if clip is not None:
+        trace.clip, trace.inputs = _load_inputs(clip, loaded, report, options, trace, observe)
+        observe("clip", trace, None)
+    if not options.static_only:
+        _run(trace, loaded, options, device, observe)
+    observe("done", trace, None)
+    return trace
+
+
+def _load(model, config, processor, options: TraceOptions, device, dtype):
+    from .loading import LoadedModel, load_model
+    if model is not None and not isinstance(model, str):
+        if config is not None:
+            raise TracerError("model and config exclude each other: config builds a model from a config file alone")
+        on_meta = any(p.device.type == "meta" for p in model.parameters())
+        return LoadedModel(model, processor, type(model).__name__, "object", on_meta)
+    return load_model(model, config, device=device, dtype=dtype, static_only=options.static_only,
+                      trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle,
+                      device_map=options.device_map)
+
+
+def _note(trace: TraceReport, observe: Observer, text: str) -> None:
+    trace.notes.append(text)
+    observe("note", trace, text)
+
+
+def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: TraceReport, observe: Observer):
+    from .audio import load_clip
+    from .inputs import (
+        DEFAULT_PROMPT,
+        DEFAULT_TARGET,
+        feature_extractor_of,
+        prepare_inputs,
+        prepare_text_inputs,
+    )
+    from .loading import processor_for
+    prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
+    if report.audio_encoder is None:
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        if tokenizer is None or not callable(tokenizer):
+            raise TracerError(f"{loaded.name}: not an audio model (no audio encoder in step 3) and no tokenizer "
+                              "to run its text path: nothing to run on the clip; add --static-only for its structure")
+        _note(trace, observe, "no audio encoder: the clip is read for the record, full_forward runs on the text alone")
+        audio = load_clip(clip, 16000, offset=options.offset, duration=options.duration)
+        return audio, prepare_text_inputs(tokenizer, prompt, target)
+    processor, note = processor_for(loaded)
+    if note:
+        _note(trace, observe, note)
+    fe = feature_extractor_of(processor)
+    audio = load_clip(clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", 30)),
+                      offset=options.offset, duration=options.duration)
+    encoder = dict(loaded.model.named_modules())[report.audio_encoder.path]
+    return audio, prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt, target=target)
+
+
+def _run(trace: TraceReport, loaded, options: TraceOptions, device, observe: Observer) -> None:
+    from .confirmation import confirm
+    from .diagnosis import dead_groups_of
+    from .discovery import static_report
+    from .strategies import RunOptions, compare, run_strategies
+    if loaded.on_meta:
+        raise TracerError("a model on the meta device has no weights to run: add --static-only")
+    report = trace.static
+    model, run_report = loaded.model, report
+    if options.lora:
+        from .lora import attach_lora
+        model, trace.lora_setup = attach_lora(model, report, targets=options.lora_targets, r=options.lora_r,
+                                              config_file=options.lora_config, adapter_dir=options.adapter)
+        run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
+        observe("lora", trace, None)
+    trace.model, trace.run_static = model, run_report
+    run_options = RunOptions(repeats=options.repeats, warmup=options.warmup, loss=options.loss,
+                             progress=options.progress, keep_calls=options.keep_calls)
+    names = STRATEGIES if options.strategy == "both" else (options.strategy,)
+    for name in names:
+        trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))
+        observe("run", trace, name)
+    trace.comparison = compare(trace.runs, run_report)
+    trace.verdicts = confirm(run_report, trace.runs, trace.clip_record(), {row.path for row in run_report.tree})
+    if trace.lora_setup is not None:
+        from .lora import requested_gaps, suggest_targets
+        explicit = options.lora_targets != "auto" or options.lora_config or options.adapter
+        trace.lora_diagnosis = {
+            "requested_gaps": requested_gaps(report, trace.lora_setup["target_modules"]) if explicit else [],
+            "suggested_target_modules": suggest_targets(report),
+            "dead_groups": {name: dead_groups_of(run) for name, run in trace.runs.items() if "lora" in run}}
