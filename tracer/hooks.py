@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 import time
 import weakref
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn as nn
 
-from .records import CallRecord, ModuleRecord, describe
+from .records import CallRecord, ModuleRecord
 
 # Slots of one call record while tracing (a list: cheaper than an object on the hot path).
 (_IDX, _PARENT, _START, _END, _GRAD, _RECOMPUTE, _INPUTS, _OUTPUTS, _OUT_BYTES, _OUT_RG, _SAVED,
@@ -242,145 +243,57 @@ class Tracer:
                 self._calls[self._stack[-1]][_SAVED] += storage.nbytes()
         return tensor
 
-    # -- results ---------------------------------------------------------------------------------------
-    def _resolver(self):
-        if not self._cuda:
+    # -- what was collected ------------------------------------------------------------------------------
+    def collected(self) -> "Collected":
+        """The raw facts with every clock reading turned into ns since the tracer was entered (on CUDA this
+        is the one synchronisation). Roll-ups (rollup.py) take it from here."""
+        if self._cuda:
+            torch.cuda.synchronize()
             origin = self._origin
-            return lambda t: None if t is None else t - origin
-        torch.cuda.synchronize()  # NB: the only synchronisation: events resolve after the pass
-        origin = self._origin
-        return lambda e: None if e is None else int(origin.elapsed_time(e) * 1e6)
+            ns = lambda e: None if e is None else int(origin.elapsed_time(e) * 1e6)  # noqa: E731
+        else:
+            origin = self._origin
+            ns = lambda t: None if t is None else t - origin  # noqa: E731
+        calls = []
+        for raw in self._calls:
+            call = list(raw)
+            for slot in (_START, _END, _BW_START, _BW_END):
+                call[slot] = ns(raw[slot])
+            calls.append(call)
+        return Collected(paths=self._paths, classes=self._classes, containers=self._containers, calls=calls,
+                         param_times=[(idx, ns(t)) for idx, t in self._param_times],
+                         clock="cuda events" if self._cuda else "perf_counter_ns", failed_in=self.failed_in)
 
+    # -- conveniences: the roll-ups of rollup.py on what this tracer collected ----------------------------
     def calls(self) -> list[CallRecord]:
         """Every forward call in order, with resolved times (ns since the tracer was entered)."""
-        ns = self._resolver()
-        resolved = [(ns(c[_START]), ns(c[_END])) for c in self._calls]
-        child_ns = [0] * len(self._calls)
-        for cid, call in enumerate(self._calls):
-            start, end = resolved[cid]
-            if call[_PARENT] >= 0 and start is not None and end is not None:
-                child_ns[call[_PARENT]] += end - start
-        out = []
-        counters = [0] * len(self._paths)
-        for cid, c in enumerate(self._calls):
-            start, end = resolved[cid]
-            if end is None:  # interrupted before the module returned
-                continue
-            index = counters[c[_IDX]]
-            counters[c[_IDX]] += 0 if c[_RECOMPUTE] else 1
-            out.append(CallRecord(
-                path=self._paths[c[_IDX]], call_index=index, start_ns=start, end_ns=end,
-                self_ns=max(0, end - start - child_ns[cid]), grad_enabled=c[_GRAD], recompute=c[_RECOMPUTE],
-                inputs=[describe(m) for m in c[_INPUTS]], outputs=[describe(m) for m in c[_OUTPUTS] or []],
-                output_bytes=c[_OUT_BYTES], saved_bytes=c[_SAVED],
-                memory_delta_bytes=None if c[_MEM_AFTER] is None else c[_MEM_AFTER] - c[_MEM_BEFORE],
-                peak_bytes=None if c[_PEAK] is None else c[_PEAK] - c[_MEM_BEFORE],
-                backward_start_ns=ns(c[_BW_START]), backward_end_ns=ns(c[_BW_END])))
-        return out
+        from .rollup import call_records
+        return call_records(self.collected())
 
     def modules(self, calls: list[CallRecord] | None = None) -> list[ModuleRecord]:
         """One record per registered module, executed or not, in ``named_modules()`` order."""
-        calls = self.calls() if calls is None else calls
-        ns = self._resolver()
-        n = len(self._paths)
-        index = {p: i for i, p in enumerate(self._paths)}
-        per = [[] for _ in range(n)]
-        for call in calls:
-            per[index[call.path]].append(call)
-        bw_start, bw_end = self._backward_windows(calls, ns)
-        norms = [[] for _ in range(n)]
-        outputs_rg = [False] * n
-        for c in self._calls:
-            norms[c[_IDX]].extend(c[_NORMS])
-            outputs_rg[c[_IDX]] |= c[_OUT_RG]
-        records = []
-        for i in range(n):
-            cs = per[i]
-            first = next((c for c in cs if not c.recompute), cs[0] if cs else None)
-            own = [c for c in cs if not c.recompute]
-            backward = (bw_end[i] - bw_start[i]) / 1e6 if bw_start[i] is not None and bw_end[i] is not None \
-                and bw_end[i] >= bw_start[i] else None
-            norm = None
-            if norms[i]:  # one transfer per module, not one per call (each .cpu() would sync a GPU)
-                device = norms[i][0].device
-                norm = float(torch.stack([x.to(device) for x in norms[i]]).square().sum().sqrt())
-            records.append(ModuleRecord(
-                path=self._paths[i], cls=self._classes[i], calls=len(own), recomputed_calls=len(cs) - len(own),
-                executed=bool(cs), container=self._containers[i],
-                forward_ms=sum(c.end_ns - c.start_ns for c in own) / 1e6,
-                self_forward_ms=sum(c.self_ns for c in own) / 1e6,
-                backward_ms=backward, grad_enabled=first.grad_enabled if first else None,
-                inputs=first.inputs if first else [], outputs=first.outputs if first else [],
-                outputs_require_grad=outputs_rg[i],
-                output_bytes=sum(c.output_bytes for c in own), saved_bytes=sum(c.saved_bytes for c in cs),
-                memory_delta_bytes=first.memory_delta_bytes if first else None,
-                peak_bytes=max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None),
-                grad_output_norm=norm))
-        return records
-
-    def _backward_windows(self, calls: list[CallRecord], ns) -> tuple[list, list]:
-        """Per module: first gradient at its outputs, and the last gradient it produced.
-
-        A call ends when its inputs' gradients (or, with inputs that need none, its parameters') are
-        computed, or when the last of its child calls ends: propagated along the call tree, not the
-        module tree, since a child can run outside its parent (``embed_tokens`` in Qwen2-Audio).
-        """
-        live = [c for c in self._calls if c[_END] is not None]
-        end = [rec.backward_end_ns for rec in calls]
-        last_call = {}
-        for k, raw in enumerate(live):
-            last_call[raw[_IDX]] = k
-        for idx, t in self._param_times:
-            k = last_call.get(idx)
-            if k is not None:
-                t = ns(t)
-                end[k] = t if end[k] is None else max(end[k], t)
-        position = {id(raw): k for k, raw in enumerate(live)}
-        for k in range(len(live) - 1, -1, -1):  # children were created after their parents
-            parent = live[k][_PARENT]
-            if parent >= 0 and end[k] is not None and id(self._calls[parent]) in position:
-                p = position[id(self._calls[parent])]
-                if calls[p].backward_start_ns is not None:
-                    end[p] = end[k] if end[p] is None else max(end[p], end[k])
-        n = len(self._paths)
-        bw_start, bw_end = [None] * n, [None] * n
-        for k, raw in enumerate(live):
-            i, start = raw[_IDX], calls[k].backward_start_ns
-            if start is not None:
-                bw_start[i] = start if bw_start[i] is None else min(bw_start[i], start)
-            if end[k] is not None and start is not None:
-                bw_end[i] = end[k] if bw_end[i] is None else max(bw_end[i], end[k])
-        return bw_start, bw_end
+        from .rollup import call_records, module_records
+        collected = self.collected()
+        return module_records(collected, call_records(collected) if calls is None else calls)
 
     def result(self) -> dict:
-        """The run record (JSON-ready): modules, never_called, totals, and where a failure happened."""
-        calls = self.calls()
-        records = self.modules(calls)
-        top_level = [c for c, raw in zip(calls, (c for c in self._calls if c[_END] is not None))
-                     if raw[_PARENT] < 0 and not c.recompute]
-        ns = self._resolver()
-        starts = [c.backward_start_ns for c in calls if c.backward_start_ns is not None]
-        ends = [c.backward_end_ns for c in calls if c.backward_end_ns is not None]
-        ends += [ns(t) for _, t in self._param_times]
-        backward = (max(ends) - min(starts)) / 1e6 if starts and ends else None
-        run = {
-            "modules": [r.to_dict() for r in records],
-            "never_called": [r.path for r in records if not r.executed],
-            "total_forward_ms": sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
-            "total_backward_ms": backward,
-            "clock": "cuda events" if self._cuda else "perf_counter_ns",
-            "failed_in": self.failed_in,
-        }
-        from .diagnosis import diagnose, lora_layers, summarize
-        if lora_layers(self.model):  # NB: reads .grad now: call result() after backward, before zero_grad
-            component_of = self.component_of
-            if component_of is None:
-                from .discovery import static_report
-                component_of = static_report(self.model).component_of
-            lora = diagnose(self.model, run["modules"], calls, component_of)
-            run["lora"] = [r.to_dict() for r in lora]
-            run["lora_summary"] = summarize(lora)
-        return run
+        """The run record (JSON-ready): modules, never_called, totals, where a failure happened, and with
+        LoRA layers their diagnosis. Call it after backward, before zero_grad (it reads ``.grad``)."""
+        from .rollup import run_record
+        return run_record(self.collected(), self.model, self.component_of)
+
+
+@dataclass
+class Collected:
+    """What a Tracer collected: per module index its path, class and whether it is a container; per call
+    the raw slots (``_IDX`` … ``_NORMS``, times in ns); parameter gradient times; the clock used."""
+    paths: list
+    classes: list
+    containers: list
+    calls: list
+    param_times: list
+    clock: str
+    failed_in: str | None
 
 
 def _unpack(tensor):

@@ -1,0 +1,162 @@
+"""Roll-ups of what a Tracer collected: call records, one record per module, backward windows, the run
+record. Pure functions of ``hooks.Collected`` (times already in ns); the LoRA diagnosis is called from
+``run_record`` only, so the hook module imports neither the diagnosis nor the static report."""
+from __future__ import annotations
+
+import torch
+
+from .hooks import (
+    _BW_END,
+    _BW_START,
+    _END,
+    _GRAD,
+    _IDX,
+    _INPUTS,
+    _MEM_AFTER,
+    _MEM_BEFORE,
+    _NORMS,
+    _OUT_BYTES,
+    _OUT_RG,
+    _OUTPUTS,
+    _PARENT,
+    _PEAK,
+    _RECOMPUTE,
+    _SAVED,
+    _START,
+    Collected,
+)
+from .records import CallRecord, ModuleRecord, describe
+
+
+def _live(collected: Collected) -> list:
+    """Raw calls that returned (an interrupted call has no end), in call order."""
+    return [c for c in collected.calls if c[_END] is not None]
+
+
+def call_records(collected: Collected) -> list[CallRecord]:
+    """Every forward call that returned, in order. Self time is the call's time less its child calls'."""
+    raw_calls = collected.calls
+    child_ns = [0] * len(raw_calls)
+    for call in raw_calls:
+        if call[_PARENT] >= 0 and call[_START] is not None and call[_END] is not None:
+            child_ns[call[_PARENT]] += call[_END] - call[_START]
+    out = []
+    counters = [0] * len(collected.paths)
+    for cid, c in enumerate(raw_calls):
+        start, end = c[_START], c[_END]
+        if end is None:  # interrupted before the module returned
+            continue
+        index = counters[c[_IDX]]
+        counters[c[_IDX]] += 0 if c[_RECOMPUTE] else 1
+        out.append(CallRecord(
+            path=collected.paths[c[_IDX]], call_index=index, start_ns=start, end_ns=end,
+            self_ns=max(0, end - start - child_ns[cid]), grad_enabled=c[_GRAD], recompute=c[_RECOMPUTE],
+            inputs=[describe(m) for m in c[_INPUTS]], outputs=[describe(m) for m in c[_OUTPUTS] or []],
+            output_bytes=c[_OUT_BYTES], saved_bytes=c[_SAVED],
+            memory_delta_bytes=None if c[_MEM_AFTER] is None else c[_MEM_AFTER] - c[_MEM_BEFORE],
+            peak_bytes=None if c[_PEAK] is None else c[_PEAK] - c[_MEM_BEFORE],
+            backward_start_ns=c[_BW_START], backward_end_ns=c[_BW_END]))
+    return out
+
+
+def backward_windows(collected: Collected, calls: list[CallRecord]) -> tuple[list, list]:
+    """Per module index: first gradient at its outputs, and the last gradient it produced.
+
+    A call ends when its inputs' gradients (or, with inputs that need none, its parameters') are computed,
+    or when the last of its child calls ends: propagated along the call tree, not the module tree, since a
+    child can run outside its parent (``embed_tokens`` in Qwen2-Audio).
+    """
+    live = _live(collected)
+    end = [rec.backward_end_ns for rec in calls]
+    last_call = {}
+    for k, raw in enumerate(live):
+        last_call[raw[_IDX]] = k
+    for idx, t in collected.param_times:
+        k = last_call.get(idx)
+        if k is not None:
+            end[k] = t if end[k] is None else max(end[k], t)
+    position = {id(raw): k for k, raw in enumerate(live)}
+    for k in range(len(live) - 1, -1, -1):  # children were created after their parents
+        parent = live[k][_PARENT]
+        if parent >= 0 and end[k] is not None and id(collected.calls[parent]) in position:
+            p = position[id(collected.calls[parent])]
+            if calls[p].backward_start_ns is not None:
+                end[p] = end[k] if end[p] is None else max(end[p], end[k])
+    n = len(collected.paths)
+    bw_start, bw_end = [None] * n, [None] * n
+    for k, raw in enumerate(live):
+        i, start = raw[_IDX], calls[k].backward_start_ns
+        if start is not None:
+            bw_start[i] = start if bw_start[i] is None else min(bw_start[i], start)
+        if end[k] is not None and start is not None:
+            bw_end[i] = end[k] if bw_end[i] is None else max(bw_end[i], end[k])
+    return bw_start, bw_end
+
+
+def module_records(collected: Collected, calls: list[CallRecord]) -> list[ModuleRecord]:
+    """One record per registered module, executed or not, in ``named_modules()`` order."""
+    n = len(collected.paths)
+    index = {p: i for i, p in enumerate(collected.paths)}
+    per = [[] for _ in range(n)]
+    for call in calls:
+        per[index[call.path]].append(call)
+    bw_start, bw_end = backward_windows(collected, calls)
+    norms = [[] for _ in range(n)]
+    outputs_rg = [False] * n
+    for c in collected.calls:
+        norms[c[_IDX]].extend(c[_NORMS])
+        outputs_rg[c[_IDX]] |= c[_OUT_RG]
+    records = []
+    for i in range(n):
+        cs = per[i]
+        first = next((c for c in cs if not c.recompute), cs[0] if cs else None)
+        own = [c for c in cs if not c.recompute]
+        backward = (bw_end[i] - bw_start[i]) / 1e6 if bw_start[i] is not None and bw_end[i] is not None \
+            and bw_end[i] >= bw_start[i] else None
+        norm = None
+        if norms[i]:  # one transfer per module, not one per call (each .cpu() would sync a GPU)
+            device = norms[i][0].device
+            norm = float(torch.stack([x.to(device) for x in norms[i]]).square().sum().sqrt())
+        records.append(ModuleRecord(
+            path=collected.paths[i], cls=collected.classes[i], calls=len(own), recomputed_calls=len(cs) - len(own),
+            executed=bool(cs), container=collected.containers[i],
+            forward_ms=sum(c.end_ns - c.start_ns for c in own) / 1e6,
+            self_forward_ms=sum(c.self_ns for c in own) / 1e6,
+            backward_ms=backward, grad_enabled=first.grad_enabled if first else None,
+            inputs=first.inputs if first else [], outputs=first.outputs if first else [],
+            outputs_require_grad=outputs_rg[i],
+            output_bytes=sum(c.output_bytes for c in own), saved_bytes=sum(c.saved_bytes for c in cs),
+            memory_delta_bytes=first.memory_delta_bytes if first else None,
+            peak_bytes=max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None),
+            grad_output_norm=norm))
+    return records
+
+
+def run_record(collected: Collected, model=None, component_of: dict | None = None) -> dict:
+    """The run record (JSON-ready): modules, never_called, totals, where a failure happened; with a
+    ``model`` that has LoRA layers, their diagnosis (it reads ``.grad``: after backward, before zero_grad)."""
+    calls = call_records(collected)
+    records = module_records(collected, calls)
+    top_level = [c for c, raw in zip(calls, _live(collected)) if raw[_PARENT] < 0 and not c.recompute]
+    starts = [c.backward_start_ns for c in calls if c.backward_start_ns is not None]
+    ends = [c.backward_end_ns for c in calls if c.backward_end_ns is not None]
+    ends += [t for _, t in collected.param_times]
+    backward = (max(ends) - min(starts)) / 1e6 if starts and ends else None
+    run = {
+        "modules": [r.to_dict() for r in records],
+        "never_called": [r.path for r in records if not r.executed],
+        "total_forward_ms": sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
+        "total_backward_ms": backward,
+        "clock": collected.clock,
+        "failed_in": collected.failed_in,
+    }
+    if model is not None:
+        from .diagnosis import diagnose, lora_layers, summarize
+        if lora_layers(model):
+            if component_of is None:
+                from .discovery import static_report
+                component_of = static_report(model).component_of
+            lora = diagnose(model, run["modules"], calls, component_of)
+            run["lora"] = [r.to_dict() for r in lora]
+            run["lora_summary"] = summarize(lora)
+    return run
