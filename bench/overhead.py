@@ -217,12 +217,12 @@ def bench_fidelity(model, inputs, report) -> dict:
     out = {}
     for name, path in (("audio_tower", report.audio_encoder.path), ("full_forward", "")):
         run = run_strategy(name, model, report, inputs, RunOptions(repeats=5, warmup=1), torch.device("cpu"))
-        traced = {m["path"]: m for m in run["modules"]}[path]["forward_ms"]
-        untraced = run["latency_ms"]["median"]
+        traced = run.module(path).forward_ms
+        untraced = run.latency_ms.median
         out[name] = {"traced_stage_ms": traced, "untraced_forward_ms": untraced,
                      "error_pct": 100 * (traced - untraced) / untraced,
-                     "self_sum_over_total": sum(m["self_forward_ms"] for m in run["modules"] if m["executed"])
-                     / run["total_forward_ms"]}
+                     "self_sum_over_total": sum(m.self_forward_ms for m in run.modules if m.executed)
+                     / run.total_forward_ms}
     return out
 
 

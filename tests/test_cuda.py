@@ -84,7 +84,7 @@ def test_strategy_peak_counts_gradients_of_a_fully_trainable_model():
     report = static_report(model)
     run = run_strategy("full_forward", model, report, inputs, RunOptions(repeats=1, warmup=1), torch.device("cuda"))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert run["peak_memory_bytes"] >= weights
+    assert run.peak_memory_bytes >= weights
 
 
 
@@ -99,7 +99,6 @@ def test_strategy_memory_comes_from_its_own_pass(cuda_tiny):
     report = static_report(model)
     run = run_strategy("full_forward", model, report, inputs, RunOptions(repeats=1, warmup=0, keep_calls=True),
                        torch.device("cuda"))
-    mods = {m["path"]: m for m in run["modules"]}
-    fc1 = mods["base_model.model.model.audio_tower.layers.0.fc1"]
-    assert fc1["memory_delta_bytes"] >= 1500 * 128 * 4 and fc1["peak_bytes"] >= fc1["memory_delta_bytes"]
-    assert all(c["peak_bytes"] is not None for c in run["calls"])
+    fc1 = run.module("base_model.model.model.audio_tower.layers.0.fc1")
+    assert fc1.memory_delta_bytes >= 1500 * 128 * 4 and fc1.peak_bytes >= fc1.memory_delta_bytes
+    assert all(c.peak_bytes is not None for c in run.calls)

@@ -59,12 +59,12 @@ def test_fresh_adapter_audio_tower_then_ok_after_one_step():
     model, inputs = peft_tiny()
     report = static_report(model)
     runs = run_strategies(model, report, inputs, RunOptions(1, 0), torch.device("cpu"), which="audio_tower")
-    lora = {r["path"].removeprefix("base_model.model."): r for r in runs["audio_tower"]["lora"]}
-    assert {r["status"] for p, r in lora.items() if "language_model" in p} == {"not_executed"}
+    lora = {r.path.removeprefix("base_model.model."): r for r in runs["audio_tower"].lora}
+    assert {r.status for p, r in lora.items() if "language_model" in p} == {"not_executed"}
     tower = [r for p, r in lora.items() if "audio_tower" in p]
-    assert len(tower) == 6 and {r["status"] for r in tower} == {"zero_init"}
-    assert all(r["grad_norm_A"] == 0.0 and r["grad_norm_B"] > 0 and r["lora_B_zero"] for r in tower)
-    assert runs["audio_tower"]["lora_summary"] == {"audio_encoder": {"zero_init": 6},
+    assert len(tower) == 6 and {r.status for r in tower} == {"zero_init"}
+    assert all(r.grad_norm_A == 0.0 and r.grad_norm_B > 0 and r.lora_B_zero for r in tower)
+    assert runs["audio_tower"].lora_summary == {"audio_encoder": {"zero_init": 6},
                                                    "language_model": {"not_executed": 8}}
     groups = dead_groups_of(runs["audio_tower"])
     assert groups[0]["pattern"] == "base_model.model.model.language_model.layers.0-1.self_attn.{q,k,v,o}_proj"

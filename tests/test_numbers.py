@@ -26,7 +26,7 @@ def both():
 
 
 def rows(run):
-    return {m["path"]: m for m in run["modules"]}
+    return {m.path: m for m in run.modules}
 
 
 def children(mods, path):
@@ -34,16 +34,16 @@ def children(mods, path):
     def parent(p):
         while p:
             p = p.rpartition(".")[0]
-            if p in mods and mods[p]["executed"]:
+            if p in mods and mods[p].executed:
                 return p
         return None
-    return [m for p, m in mods.items() if m["executed"] and p != path and parent(p) == path]
+    return [m for p, m in mods.items() if m.executed and p != path and parent(p) == path]
 
 
 def test_self_times_sum_to_the_total_forward(both):
     for run in both[3].values():
-        executed = [m for m in run["modules"] if m["executed"]]
-        assert sum(m["self_forward_ms"] for m in executed) == pytest.approx(run["total_forward_ms"], rel=1e-9)
+        executed = [m for m in run.modules if m.executed]
+        assert sum(m.self_forward_ms for m in executed) == pytest.approx(run.total_forward_ms, rel=1e-9)
 
 
 def test_self_time_is_forward_minus_direct_children(both):
@@ -52,23 +52,23 @@ def test_self_time_is_forward_minus_direct_children(both):
     for path in ("model.audio_tower.layers.0", "model.audio_tower.layers.1.self_attn", "model.audio_tower"):
         kids = children(mods, path)
         assert kids
-        expected = mods[path]["forward_ms"] - sum(k["forward_ms"] for k in kids)
-        assert mods[path]["self_forward_ms"] == pytest.approx(expected, abs=1e-6)
-        assert mods[path]["self_forward_ms"] < mods[path]["forward_ms"]
+        expected = mods[path].forward_ms - sum(k.forward_ms for k in kids)
+        assert mods[path].self_forward_ms == pytest.approx(expected, abs=1e-6)
+        assert mods[path].self_forward_ms < mods[path].forward_ms
 
 
 def test_parent_backward_window_covers_its_children(both):
     mods = rows(both[3]["audio_tower"])
     # the encoder's input (mel features) needs no gradient and it owns no parameter: its backward window
     # can only end through its children's
-    assert mods["model.audio_tower"]["backward_ms"] is not None
+    assert mods["model.audio_tower"].backward_ms is not None
     checked = 0
     for path, m in mods.items():
-        if not path.startswith("model.audio_tower") or not m["executed"]:
+        if not path.startswith("model.audio_tower") or not m.executed:
             continue
         for kid in children(mods, path):
-            if kid["backward_ms"] is not None:
-                assert m["backward_ms"] is not None and m["backward_ms"] >= kid["backward_ms"], (path, kid["path"])
+            if kid.backward_ms is not None:
+                assert m.backward_ms is not None and m.backward_ms >= kid.backward_ms, (path, kid.path)
                 checked += 1
     assert checked > 20
 
@@ -77,25 +77,25 @@ def test_stage_backward_is_the_component_roots_only(both):
     """Summing every module would count each layer's time again in its parents; by hand on the built-in
     model each component has exactly one root."""
     run = both[3]["full_forward"]
-    mods, stages = rows(run), run["stages"]
+    mods, stages = rows(run), run.stages
     roots = {"audio_encoder": "model.audio_tower", "projector": "model.multi_modal_projector",
              "language_model": "model.language_model", "head": "lm_head"}
     for component, root in roots.items():
-        assert stages[component]["backward_ms"] == mods[root]["backward_ms"] > 0, component
-    assert stages["other"]["backward_ms"] is None
+        assert stages[component].backward_ms == mods[root].backward_ms > 0, component
+    assert stages["other"].backward_ms is None
     tower = both[3]["audio_tower"]
-    assert tower["stages"]["audio_encoder"]["backward_ms"] == rows(tower)["model.audio_tower"]["backward_ms"]
+    assert tower.stages["audio_encoder"].backward_ms == rows(tower)["model.audio_tower"].backward_ms
 
 
 def test_comparison_ratios_are_full_over_tower(both):
     _, report, _, runs = both
     tower, full = runs["audio_tower"], runs["full_forward"]
     c = compare(runs, report)
-    assert c["latency_ratio_full_over_tower"] == full["latency_ms"]["median"] / tower["latency_ms"]["median"]
-    assert c["backward_ratio_full_over_tower"] == full["backward_ms"]["median"] / tower["backward_ms"]["median"]
-    assert c["params_ratio_full_over_tower"] == full["params_executed"] / tower["params_executed"] > 1
-    expected_memory = (full["peak_memory_bytes"] / tower["peak_memory_bytes"]) if tower["peak_memory_bytes"] else None
-    assert c["memory_ratio_full_over_tower"] == expected_memory
+    assert c.latency_ratio_full_over_tower == full.latency_ms.median / tower.latency_ms.median
+    assert c.backward_ratio_full_over_tower == full.backward_ms.median / tower.backward_ms.median
+    assert c.params_ratio_full_over_tower == full.params_executed / tower.params_executed > 1
+    expected_memory = (full.peak_memory_bytes / tower.peak_memory_bytes) if tower.peak_memory_bytes else None
+    assert c.memory_ratio_full_over_tower == expected_memory
 
 
 def test_peak_memory_sees_an_allocation():
@@ -118,7 +118,7 @@ def test_strategy_peak_memory_counts_a_large_pass():
     logits_bytes = inputs.full["input_ids"].shape[1] * config.vocab_size * 4
     assert logits_bytes > 40 * 2**20
     runs = run_strategies(model, static_report(model), inputs, RunOptions(repeats=1, warmup=0), CPU)
-    assert runs["full_forward"]["peak_memory_bytes"] >= logits_bytes
+    assert runs["full_forward"].peak_memory_bytes >= logits_bytes
 
 
 def test_refuted_claims_come_first(both):

@@ -54,7 +54,7 @@ def test_trace_clip_takes_a_model_object_and_reports_in_order(root):
     assert [e for e, _ in events] == ["static", "note", "clip", "lora", "run", "done"]
     assert events[1][1].startswith("this model has no processor")  # an object comes without one
     assert report.source == "object" and report.model_name == "Qwen2AudioForConditionalGeneration"
-    assert list(report.runs) == ["audio_tower"] and report.runs["audio_tower"]["status"] == "ok"
+    assert list(report.runs) == ["audio_tower"] and report.runs["audio_tower"].status == "ok"
     assert report.model.base_model.model is model  # the PEFT wrapper around the object given
     assert report.to_dict()["lora_setup"]["layers"] == 12 + 6
 

@@ -25,7 +25,7 @@ def both():
 
 
 def executed(run):
-    return {m["path"] for m in run["modules"] if m["executed"]}
+    return run.executed_paths()
 
 
 def test_encoder_in_both_language_model_only_in_full_forward(both):
@@ -42,25 +42,25 @@ def test_stage_params_add_up_to_executed_modules(both):
     model, _, _, runs = both
     own = {p: sum(x.numel() for x in m.parameters(recurse=False)) for p, m in model.named_modules()}
     for run in runs.values():
-        assert sum(s["params"] for s in run["stages"].values()) == sum(own[p] for p in executed(run))
-        assert run["params_executed"] == sum(own[p] for p in executed(run))
-    tower = runs["audio_tower"]["stages"]
+        assert sum(s.params for s in run.stages.values()) == sum(own[p] for p in executed(run))
+        assert run.params_executed == sum(own[p] for p in executed(run))
+    tower = runs["audio_tower"].stages
     # the tower runs everything but embed_positions, which is read through .weight (never called)
-    assert tower["audio_encoder"]["params"] == 199_936 - 1500 * 64
-    assert tower["language_model"]["params"] == 0
-    assert runs["full_forward"]["stages"]["head"]["params"] == 262 * 64
+    assert tower["audio_encoder"].params == 199_936 - 1500 * 64
+    assert tower["language_model"].params == 0
+    assert runs["full_forward"].stages["head"].params == 262 * 64
 
 
 def test_run_record_shape_and_comparison(both):
     _, report, inputs, runs = both
     for run in runs.values():
-        assert run["status"] == "ok"
-        assert set(run["latency_ms"]) == {"median", "min", "max", "runs"} and run["latency_ms"]["runs"] == 1
-        assert run["peak_memory_bytes"] is not None and run["traced_over_untraced"] > 0
+        assert run.status == "ok"
+        assert set(run.to_dict()["latency_ms"]) == {"median", "min", "max", "runs"} and run.latency_ms.runs == 1
+        assert run.peak_memory_bytes is not None and run.traced_over_untraced > 0
     comparison = compare(runs, report)
-    assert comparison["only_in_full_forward"] == ["lm_head", "model.language_model", "model.multi_modal_projector"]
-    assert "model.language_model.layers.0-1 ×2" in comparison["only_in_full_forward_layers"]
-    assert comparison["latency_ratio_full_over_tower"] > 0
+    assert comparison.only_in_full_forward == ("lm_head", "model.language_model", "model.multi_modal_projector")
+    assert "model.language_model.layers.0-1 ×2" in comparison.only_in_full_forward_layers
+    assert comparison.latency_ratio_full_over_tower > 0
 
 
 def test_tower_loss_matches_its_definition(both):
@@ -77,9 +77,9 @@ def test_text_only_model_audio_tower_not_applicable():
                          accounting=AudioAccounting(0, 0, None, None, 0.0, "none"), template="none",
                          prompt_tokens=0, target_tokens=10)
     runs = run_strategies(model, report, inputs, FAST, CPU)
-    assert runs["audio_tower"]["status"] == "not_applicable"
-    assert "no audio encoder" in runs["audio_tower"]["reason"]
-    assert runs["full_forward"]["status"] == "ok"
+    assert runs["audio_tower"].status == "not_applicable"
+    assert "no audio encoder" in runs["audio_tower"].reason
+    assert runs["full_forward"].status == "ok"
 
 
 @pytest.mark.parametrize("error", [RuntimeError("model broke"), torch.OutOfMemoryError("CUDA out of memory")])
@@ -97,9 +97,9 @@ def test_failure_in_one_strategy_leaves_the_other_intact(error):
         runs = run_strategies(model, report, inputs, FAST, CPU)
     finally:
         handle.remove()
-    assert runs["audio_tower"]["status"] == "ok" and runs["audio_tower"]["modules_executed"] == 27
+    assert runs["audio_tower"].status == "ok" and runs["audio_tower"].modules_executed == 27
     failed = runs["full_forward"]
-    assert failed["status"] == "failed" and type(error).__name__ in failed["reason"]
+    assert failed.status == "failed" and type(error).__name__ in failed.reason
     assert hook_counts(model) == 0
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
@@ -137,7 +137,7 @@ def test_memory_from_a_separate_pass_lands_on_calls_and_modules():
     import torch.nn as nn
 
     from tracer.hooks import Tracer
-    from tracer.strategies import _merge_module_memory, _with_memory
+    from tracer.strategies import _with_memory, _with_module_memory
 
     class Twice(nn.Module):
         def __init__(self):
@@ -154,9 +154,8 @@ def test_memory_from_a_separate_pass_lands_on_calls_and_modules():
     calls = _with_memory(tr.calls(), memory)
     assert [(c.path, c.memory_delta_bytes, c.peak_bytes) for c in calls] == [
         ("", 150, 900), ("lin", 100, 300), ("lin", 50, 700)]
-    rows = [m.to_dict() for m in tr.modules()]
-    assert all(r["memory_delta_bytes"] is None for r in rows)
-    _merge_module_memory(rows, calls)
-    by = {r["path"]: r for r in rows}
-    assert (by["lin"]["memory_delta_bytes"], by["lin"]["peak_bytes"]) == (100, 700)
-    assert (by[""]["memory_delta_bytes"], by[""]["peak_bytes"]) == (150, 900)
+    modules = tuple(tr.modules())
+    assert all(m.memory_delta_bytes is None for m in modules)
+    by = {m.path: m for m in _with_module_memory(modules, calls)}
+    assert (by["lin"].memory_delta_bytes, by["lin"].peak_bytes) == (100, 700)
+    assert (by[""].memory_delta_bytes, by[""].peak_bytes) == (150, 900)

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 
 from .discovery import StaticReport
 from .naming import is_under, short
+from .records import TensorMeta
 from .vocab import CONFIRMED, LAYER_LIST_NAMES, NOT_CHECKED, NOTED, REFUTED
 
 
@@ -21,44 +22,40 @@ class Verdict:
         return asdict(self)
 
 
-def _last_dim(shape: str | None) -> int | None:
-    """'1x750x64 float32' -> 64."""
-    if not shape or " " not in shape:
-        return None
-    dims = shape.split(" ")[0].split("x")
-    return int(dims[-1]) if dims[-1].isdigit() else None
+def _last_dim(meta) -> int | None:
+    """A TensorMeta's last dimension (the hidden size of an encoder's or an LM's output)."""
+    return meta.shape[-1] if isinstance(meta, TensorMeta) and meta.shape else None
 
 
-def _dims(shape: str | None) -> list[int]:
-    if not shape or " " not in shape:
-        return []
-    return [int(d) for d in shape.split(" ")[0].split("x") if d.isdigit()]
+def _first(items: tuple):
+    return items[0] if items else None
 
 
 def confirm(report: StaticReport, runs: dict, clip: dict | None, static_paths: set[str]) -> list[Verdict]:
-    """Verdicts, refuted ones first. ``report`` is the static report of the model that ran."""
+    """Verdicts, refuted ones first. ``report`` is the static report of the model that ran; ``runs`` the
+    RunRecords by strategy."""
     out: list[Verdict] = []
-    ok = {name: run for name, run in runs.items() if run.get("status") == "ok"}
+    ok = {name: run for name, run in runs.items() if run.ok}
     enc, lm = report.audio_encoder, report.language_model
     encoder_run = next((n for n in ("audio_tower", "full_forward") if n in ok), None)
     if enc is not None and encoder_run:
-        mods = {m["path"]: m for m in ok[encoder_run]["modules"]}
+        mods = {m.path: m for m in ok[encoder_run].modules}
         layer_list = _layer_list_path(mods, enc.path)
-        ran = sum(1 for p, m in mods.items() if m["executed"] and p.rpartition(".")[0] == layer_list)
+        ran = sum(1 for p, m in mods.items() if m.executed and p.rpartition(".")[0] == layer_list)
         out.append(_verdict("audio encoder layers executed", enc.num_layers, ran, encoder_run,
                             "layers were skipped at run time (layerdrop in train mode, an early exit, or a "
                             "patched forward): check model.train()/encoder_layerdrop"))
-        seen = _last_dim((mods.get(enc.path) or {}).get("outputs", [None])[0] if mods.get(enc.path) else None)
+        seen = _last_dim(_first(mods[enc.path].outputs)) if enc.path in mods else None
         out.append(_verdict("audio encoder hidden size (last dim of its output)", enc.hidden_size, seen,
                             encoder_run, "the config's d_model does not match the weights: check the checkpoint"))
     if lm is not None and "full_forward" in ok:
-        mods = {m["path"]: m for m in ok["full_forward"]["modules"]}
-        record = mods.get(lm.path, {})
+        record = ok["full_forward"].module(lm.path)
         out.append(_verdict("language model hidden size (last dim of its output)", lm.hidden_size,
-                            _last_dim((record.get("outputs") or [None])[0]), "full_forward",
+                            _last_dim(_first(record.outputs)) if record else None, "full_forward",
                             "the text config's hidden_size does not match what ran"))
         if clip and clip.get("audio_tokens") is not None:
-            seq = max((_dims(s)[1] for s in record.get("inputs", []) if len(_dims(s)) == 3), default=None)
+            seq = max((m.shape[1] for m in (record.inputs if record else ())
+                       if isinstance(m, TensorMeta) and len(m.shape) == 3), default=None)
             expected = clip["prompt_tokens"] + clip["target_tokens"]
             out.append(_verdict(f"LM sequence = prompt + target tokens, {clip['audio_tokens']} of them audio",
                                 expected, seq, "full_forward",
@@ -66,23 +63,22 @@ def confirm(report: StaticReport, runs: dict, clip: dict | None, static_paths: s
                                 "disagree on the audio length (check the feature extractor's settings)"))
     for name, run in ok.items():
         out.append(_components_verdict(name, run, report))
-        lora = run.get("lora") or []
-        needed = [r for r in lora if name == "full_forward" or r["component"] == "audio_encoder"]
-        missing = [r["path"] for r in needed if not r["executed"]]
+        needed = [r for r in run.lora or () if name == "full_forward" or r.component == "audio_encoder"]
+        missing = [r.path for r in needed if not r.executed]
         if needed:
             out.append(Verdict("every LoRA layer this strategy needs executed", f"{len(needed)} layers",
                                f"{len(needed) - len(missing)} executed", REFUTED if missing else CONFIRMED, name,
                                f"not executed: {', '.join(map(short, missing[:4]))}{' …' if len(missing) > 4 else ''}"
                                if missing else ""))
     for name, run in ok.items():
-        executed = [m["path"] for m in run["modules"] if m["executed"]]
+        executed = [m.path for m in run.modules if m.executed]
         # NB: a wrapper bypassed on the way down (PEFT's LoraModel) is not "never called" in any useful sense
-        never = [m["path"] for m in run["modules"] if not m["executed"] and not m["container"]
-                 and (name == "full_forward" or is_under(m["path"], enc.path if enc else None))
-                 and not any(is_under(p, m["path"]) for p in executed)]
+        never = [m.path for m in run.modules if not m.executed and not m.container
+                 and (name == "full_forward" or is_under(m.path, enc.path if enc else None))
+                 and not any(is_under(p, m.path) for p in executed)]
         out.append(Verdict("modules registered but never called", "-", ", ".join(map(short, never[:6])) or "none", NOTED,
                            name, "expected for weights read directly (Qwen2-Audio's embed_positions)"))
-        new = sorted({m["path"] for m in run["modules"]} - static_paths)
+        new = sorted({m.path for m in run.modules} - static_paths)
         out.append(Verdict("every module that ran is in the static tree", "yes",
                            "yes" if not new else ", ".join(map(short, new[:4])), REFUTED if new else CONFIRMED, name,
                            "modules were created at run time; rerun the static report after setup" if new else ""))
@@ -98,7 +94,7 @@ def _verdict(claim, claimed, observed, strategy, todo) -> Verdict:
 
 
 def _components_verdict(name: str, run: dict, report: StaticReport) -> Verdict:
-    ran = {c for c, s in run["stages"].items() if s["modules_executed"] and c != "other"}
+    ran = {c for c, s in run.stages.items() if s.modules_executed and c != "other"}
     claimed = {"audio_encoder"} if name == "audio_tower" else {
         c for c, n in report.components.items() if n and c != "other"}
     good = ran == claimed

@@ -7,34 +7,14 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass
 
 import torch
 
 from .naming import collapse_paths
+from .records import LoraLayerRecord
 from .vocab import LORA_STATUSES
 
 STATUSES = LORA_STATUSES
-
-
-@dataclass(frozen=True)
-class LoraLayerRecord:
-    path: str
-    adapter: str
-    component: str
-    executed: bool
-    grad_enabled: bool | None
-    grad_arrived: bool
-    grad_norm_A: float | None
-    grad_norm_B: float | None
-    grad_norm_magnitude: float | None  # DoRA
-    lora_B_zero: bool
-    status: str
-    cause: str
-    hint: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def lora_layers(model) -> list[tuple[str, object]]:
@@ -61,9 +41,10 @@ def _reentrant_checkpoint_above(modules: dict, path: str) -> bool:
     return False
 
 
-def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> list[LoraLayerRecord]:
-    """One record per LoRA layer x adapter, with a status from ``STATUSES``, a cause and a hint."""
-    records = {m["path"]: m for m in modules}
+def diagnose(model, modules: list, calls: list, component_of: dict) -> list[LoraLayerRecord]:
+    """One record per LoRA layer x adapter (``modules``: the run's ModuleRecords), with a status from
+    ``STATUSES``, a cause and a hint."""
+    records = {m.path: m for m in modules}
     grad_any = {}
     for call in calls:
         grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
@@ -74,15 +55,15 @@ def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> lis
             a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
             magnitude = getattr(layer, "lora_magnitude_vector", None)
             mag = magnitude[adapter].weight if magnitude is not None and adapter in magnitude else None
-            rec = records.get(path, {})
-            branch = records.get(f"{path}.lora_A.{adapter}", {})
+            rec = records.get(path)
+            branch = records.get(f"{path}.lora_A.{adapter}")
             norms = (_norm(a), _norm(b), _norm(mag))
             status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch,
                                             grad_any.get(path), a, b, norms)
             out.append(LoraLayerRecord(
                 path=path, adapter=adapter, component=component_of.get(path, "other"),
-                executed=bool(rec.get("executed")), grad_enabled=rec.get("grad_enabled"),
-                grad_arrived=rec.get("grad_output_norm") is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
+                executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
+                grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
                 grad_norm_magnitude=norms[2], lora_B_zero=not bool(b.detach().any()), status=status, cause=cause,
                 hint=hint))
     return out
@@ -90,14 +71,14 @@ def diagnose(model, modules: list[dict], calls: list, component_of: dict) -> lis
 
 def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms):
     norm_a, norm_b, norm_m = norms
-    if not rec.get("executed"):
+    if rec is None or not rec.executed:
         return ("not_executed", "the layer never ran in this pass",
                 "target only modules the strategy runs (see the suggested target_modules)")
     if not (a.requires_grad or b.requires_grad):
         return ("frozen", f"lora_A/lora_B of adapter '{adapter}' have requires_grad=False",
                 "call model.train() on the PeftModel / set requires_grad_(True) on the LoRA parameters, "
                 "or load the adapter with is_trainable=True")
-    if not branch.get("executed"):
+    if branch is None or not branch.executed:
         if getattr(layer, "merged", False):
             return ("disabled", "the adapter is merged into the base weights, so the LoRA branch did not run",
                     "call unmerge_adapter() before training")
@@ -158,6 +139,6 @@ def dead_groups(records: list[LoraLayerRecord]) -> list[dict]:
             for status, rs in by_status.items() for pattern, count in collapse_paths(dict.fromkeys(r.path for r in rs))]
 
 
-def dead_groups_of(run: dict) -> list[dict]:
-    """dead_groups() of a RUN record's "lora" rows."""
-    return dead_groups([LoraLayerRecord(**r) for r in run["lora"]])
+def dead_groups_of(run) -> list[dict]:
+    """dead_groups() of a RunRecord's LoRA layers."""
+    return dead_groups(list(run.lora or ()))

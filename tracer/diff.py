@@ -6,10 +6,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .errors import TracerError, read_json_object
+from .errors import TracerError
 from .naming import collapse_paths, new_roots, short
-from .pipeline import SCHEMA_VERSION
 from .report_runtime import fmt_bytes, fmt_ms
+from .schema import read_record
 from .vocab import STRATEGIES
 
 
@@ -20,12 +20,9 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_side(spec: str) -> tuple[str, dict]:
-    """'out.json' or 'out.json:full_forward' -> (strategy or None, the JSON record)."""
+    """'out.json' or 'out.json:full_forward' -> (strategy or None, the record with typed runs)."""
     path, strategy = split_spec(spec)
-    data = read_json_object(path, "diff:")
-    if data.get("schema_version") != SCHEMA_VERSION or "runs" not in data:
-        raise TracerError(f"diff: {path}: not a tracer record with runs (schema_version 1; written by "
-                          "`bin/trace CLIP --json FILE` without --static-only)")
+    data = read_record(path, "diff:")
     if strategy is not None and strategy not in data["runs"]:
         raise TracerError(f"diff: {path} has no {strategy} run")
     return strategy, data
@@ -42,32 +39,33 @@ def pairs(a_spec: str, b_spec: str) -> list[tuple[str, dict, str, dict]]:
     for na, nb in names:
         ra, rb = a["runs"][na], b["runs"][nb]
         for label, run in ((f"A:{na}", ra), (f"B:{nb}", rb)):
-            if run.get("status") != "ok":
-                raise TracerError(f"diff: {label} did not run ({run.get('status')}: {run.get('reason')})")
+            if not run.ok:
+                raise TracerError(f"diff: {label} did not run ({run.status}: {run.reason})")
         out.append((f"A:{na}", ra, f"B:{nb}", rb))
     if not out:
         raise TracerError("diff: the two records share no strategy that ran")
     return out
 
 
-def diff_runs(a: dict, b: dict) -> dict:
-    """Modules executed in one only, latency/memory per stage, LoRA status changes per layer group."""
-    ex_a = {short(m["path"]) for m in a["modules"] if m["executed"]}
-    ex_b = {short(m["path"]) for m in b["modules"] if m["executed"]}
+def diff_runs(a, b) -> dict:
+    """Two RunRecords: modules executed in one only, latency/memory per stage, LoRA status changes per
+    layer group."""
+    ex_a = {short(p) for p in a.executed_paths()}
+    ex_b = {short(p) for p in b.executed_paths()}
     only_a, only_a_layers = new_roots(ex_a, ex_b)
     only_b, only_b_layers = new_roots(ex_b, ex_a)
     totals = {key: (get(a), get(b)) for key, get in (
-        ("forward_ms", lambda r: r["latency_ms"]["median"]), ("backward_ms", lambda r: r["backward_ms"]["median"]),
-        ("peak_memory_bytes", lambda r: r["peak_memory_bytes"]), ("modules_executed", lambda r: r["modules_executed"]),
-        ("params_executed", lambda r: r["params_executed"]))}
+        ("forward_ms", lambda r: r.latency_ms.median), ("backward_ms", lambda r: r.backward_ms.median),
+        ("peak_memory_bytes", lambda r: r.peak_memory_bytes), ("modules_executed", lambda r: r.modules_executed),
+        ("params_executed", lambda r: r.params_executed))}
     stages = {}
-    for component in dict.fromkeys([*a["stages"], *b["stages"]]):
-        sa, sb = a["stages"].get(component, {}), b["stages"].get(component, {})
-        if sa.get("modules_executed") or sb.get("modules_executed"):
-            stages[component] = {k: (sa.get(k), sb.get(k)) for k in ("forward_ms", "backward_ms", "saved_bytes",
-                                                                      "params")}
-    lora_a = {(short(r["path"]), r["adapter"]): r["status"] for r in a.get("lora") or []}
-    lora_b = {(short(r["path"]), r["adapter"]): r["status"] for r in b.get("lora") or []}
+    for component in dict.fromkeys([*a.stages, *b.stages]):
+        sa, sb = a.stages.get(component), b.stages.get(component)
+        if (sa and sa.modules_executed) or (sb and sb.modules_executed):
+            stages[component] = {k: (getattr(sa, k, None), getattr(sb, k, None))
+                                 for k in ("forward_ms", "backward_ms", "saved_bytes", "params")}
+    lora_a = {(short(r.path), r.adapter): r.status for r in a.lora or ()}
+    lora_b = {(short(r.path), r.adapter): r.status for r in b.lora or ()}
     changes: dict = {}
     for key in dict.fromkeys([*lora_a, *lora_b]):
         before, after = lora_a.get(key, "no LoRA"), lora_b.get(key, "no LoRA")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .naming import short
-from .pipeline import SCHEMA_VERSION
+from .schema import SCHEMA_VERSION
 from .vocab import LAYER_PATH
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
@@ -29,24 +29,25 @@ def write_atomic(path: str, write) -> None:
 
 
 def chrome_trace(runs: dict) -> dict:
-    """Trace Event JSON: one process per strategy; forward, backward and recompute tracks; one complete
+    """Trace Event JSON from RunRecords kept with their calls: one process per strategy; forward, backward and recompute tracks; one complete
     event per module call, nested by time (Perfetto and chrome://tracing open it)."""
     events = []
     for pid, (name, run) in enumerate(runs.items(), start=1):
-        if run.get("status") != "ok" or "calls" not in run:
+        if not run.ok or run.calls is None:
             continue
         events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
         for tid, track in ((1, "forward"), (2, "backward"), (3, "recompute (checkpointing)")):
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": track}})
-        for call in run["calls"]:
-            args = {"inputs": call["inputs"], "outputs": call["outputs"], "output_bytes": call["output_bytes"],
-                    "saved_bytes": call["saved_bytes"], "grad_enabled": call["grad_enabled"],
-                    "memory_delta_bytes": call["memory_delta_bytes"], "peak_bytes": call["peak_bytes"]}
-            label = short(call["path"]) or "(root)"
-            events.append({"name": label, "cat": "recompute" if call["recompute"] else "forward", "ph": "X",
-                           "ts": call["start_ns"] / 1e3, "dur": (call["end_ns"] - call["start_ns"]) / 1e3,
-                           "pid": pid, "tid": 3 if call["recompute"] else 1, "args": args})
-            start, end = call["backward_start_ns"], call["backward_end_ns"]
+        for call in run.calls:
+            args = {"inputs": [str(m) for m in call.inputs], "outputs": [str(m) for m in call.outputs],
+                    "output_bytes": call.output_bytes, "saved_bytes": call.saved_bytes,
+                    "grad_enabled": call.grad_enabled, "memory_delta_bytes": call.memory_delta_bytes,
+                    "peak_bytes": call.peak_bytes}
+            label = short(call.path) or "(root)"
+            events.append({"name": label, "cat": "recompute" if call.recompute else "forward", "ph": "X",
+                           "ts": call.start_ns / 1e3, "dur": (call.end_ns - call.start_ns) / 1e3,
+                           "pid": pid, "tid": 3 if call.recompute else 1, "args": args})
+            start, end = call.backward_start_ns, call.backward_end_ns
             if start is not None and end is not None and end >= start:
                 events.append({"name": label, "cat": "backward", "ph": "X", "ts": start / 1e3,
                                "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
@@ -84,7 +85,8 @@ STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "
 
 
 def plot(runs: dict, path: str) -> None:
-    """Per-layer forward/backward time, LoRA grad norms coloured by status, and the strategy comparison."""
+    """Per-layer forward/backward time, LoRA grad norms coloured by status, and the strategy comparison.
+    ``runs``: the JSON form of the runs (``TraceReport.to_dict()["runs"]``)."""
     try:
         import matplotlib
     except ImportError:

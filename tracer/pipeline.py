@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import TracerError
+from .schema import SCHEMA_VERSION
 from .vocab import LOSSES, RUN_FAILED, STRATEGIES
 
-SCHEMA_VERSION = 1
 BUILTIN_BANNER = ("built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
                   "noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
 
@@ -78,14 +78,14 @@ class TraceReport:
     inputs: Any = None  # inputs.ModelInputs
     run_static: Any = None  # the static report of the model that ran (PEFT paths)
     lora_setup: dict | None = None
-    runs: dict = field(default_factory=dict)
-    comparison: dict | None = None
+    runs: dict = field(default_factory=dict)  # strategy -> records.RunRecord
+    comparison: Any = None  # records.Comparison
     verdicts: list = field(default_factory=list)  # confirmation.Verdict, refuted first
     lora_diagnosis: dict | None = None
 
     @property
     def failed(self) -> bool:
-        return any(r["status"] == RUN_FAILED for r in self.runs.values())
+        return any(r.status == RUN_FAILED for r in self.runs.values())
 
     def clip_record(self) -> dict | None:
         from .reporting import clip_record
@@ -96,9 +96,8 @@ class TraceReport:
         if self.clip is not None:
             payload["clip"] = self.clip_record()
         if self.comparison is not None:
-            # per-call events live in the Chrome trace, not the JSON
-            payload["runs"] = {n: {k: v for k, v in r.items() if k != "calls"} for n, r in self.runs.items()}
-            payload["comparison"] = self.comparison
+            payload["runs"] = {n: r.to_dict() for n, r in self.runs.items()}  # calls: Chrome trace only
+            payload["comparison"] = self.comparison.to_dict()
             payload["confirmation"] = [v.to_dict() for v in self.verdicts]
         if self.lora_setup is not None:
             payload["lora_setup"] = self.lora_setup
@@ -238,4 +237,4 @@ def _run(trace: TraceReport, loaded, options: TraceOptions, device, observe: Obs
         trace.lora_diagnosis = {
             "requested_gaps": requested_gaps(report, trace.lora_setup["target_modules"]) if explicit else [],
             "suggested_target_modules": suggest_targets(report),
-            "dead_groups": {name: dead_groups_of(run) for name, run in trace.runs.items() if "lora" in run}}
+            "dead_groups": {name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None}}

@@ -1,7 +1,37 @@
-"""Records of a traced run: plain dataclasses, turned into JSON-ready dicts only when asked."""
+"""Records of a traced run and of the static report: frozen dataclasses. Shapes stay tuples of ints until
+they are rendered; ``to_dict()`` gives the JSON of schema v1 (schema.py reads it back)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What a module got or gave: a tensor's shape, dtype and device. Not a tensor: only its description."""
+    shape: tuple
+    dtype: str  # "float32"
+    device: str  # "cpu", "cuda:0"
+
+    def __str__(self) -> str:  # '1x1500x64 float32' (the device only when not the CPU)
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        return f"{dims} {self.dtype}" + ("" if self.device == "cpu" else f" {self.device}")
+
+
+def tensor_meta(meta):
+    """A TensorMeta from the tracer's (shape, dtype, device) triple; a type name stays a string."""
+    if isinstance(meta, str):
+        return meta
+    shape, dtype, device = meta
+    return TensorMeta(tuple(int(d) for d in shape), str(dtype).replace("torch.", ""), str(device))
+
+
+def describe(meta) -> str:
+    """'1x128x3000 float32' for a TensorMeta or a (shape, dtype, device) triple; a type name as it is."""
+    return str(tensor_meta(meta)) if isinstance(meta, tuple) else str(meta)
+
+
+def _described(items) -> list:
+    return [str(m) for m in items]
 
 
 @dataclass(frozen=True)
@@ -14,14 +44,19 @@ class CallRecord:
     self_ns: int
     grad_enabled: bool
     recompute: bool  # a gradient-checkpointing re-run inside backward, not a call of its own
-    inputs: list
-    outputs: list
+    inputs: tuple  # TensorMeta or a type name, per input
+    outputs: tuple
     output_bytes: int
     saved_bytes: int
     memory_delta_bytes: int | None
     peak_bytes: int | None
     backward_start_ns: int | None
     backward_end_ns: int | None
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["inputs"], d["outputs"] = _described(self.inputs), _described(self.outputs)
+        return d
 
 
 @dataclass(frozen=True)
@@ -37,8 +72,8 @@ class ModuleRecord:
     self_forward_ms: float
     backward_ms: float | None
     grad_enabled: bool | None
-    inputs: list
-    outputs: list
+    inputs: tuple  # of the first call: TensorMeta or a type name, per input
+    outputs: tuple
     outputs_require_grad: bool
     output_bytes: int
     saved_bytes: int
@@ -47,19 +82,137 @@ class ModuleRecord:
     grad_output_norm: float | None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["class"] = d.pop("cls")
+        d["inputs"], d["outputs"] = _described(self.inputs), _described(self.outputs)
         return d
 
 
-def describe(meta) -> str:
-    """('1x128x3000 float32') from a (shape, dtype, device) triple, or a type name."""
-    if isinstance(meta, str):
-        return meta
-    shape, dtype, device = meta
-    dims = "x".join(str(d) for d in shape) or "scalar"
-    where = "" if device.type == "cpu" else f" {device}"
-    return f"{dims} {str(dtype).replace('torch.', '')}{where}"
+@dataclass(frozen=True)
+class LoraLayerRecord:
+    """One LoRA layer x adapter after a traced backward: did a gradient arrive, and why not."""
+    path: str
+    adapter: str
+    component: str
+    executed: bool
+    grad_enabled: bool | None
+    grad_arrived: bool
+    grad_norm_A: float | None
+    grad_norm_B: float | None
+    grad_norm_magnitude: float | None  # DoRA
+    lora_B_zero: bool
+    status: str  # vocab.LORA_STATUSES
+    cause: str
+    hint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Untraced passes of one kind: their median, min and max in ms."""
+    median: float
+    min: float
+    max: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One component in one run: self forward time of its modules, backward of its roots, bytes, params."""
+    forward_ms: float = 0.0
+    backward_ms: float | None = None
+    saved_bytes: int = 0
+    output_bytes: int = 0
+    params: int = 0
+    modules_executed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One strategy's run: "ok" with every figure, or "failed" / "not_applicable" with a reason."""
+    status: str  # vocab.RUN_OK | RUN_FAILED | RUN_NOT_APPLICABLE
+    reason: str | None = None
+    failed_in: str | None = None  # the innermost module a failure passed through
+    loss: float | None = None
+    note: str | None = None
+    loss_kind: str | None = None
+    latency_ms: Timing | None = None  # untraced forward
+    backward_ms: Timing | None = None  # untraced backward
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+    traced_ms: float | None = None
+    traced_over_untraced: float | None = None
+    modules_executed: int = 0
+    modules_registered: int = 0
+    params_executed: int = 0
+    stages: dict = field(default_factory=dict)  # component -> StageRecord
+    modules: tuple = ()  # ModuleRecord, in named_modules() order
+    never_called: tuple = ()
+    total_forward_ms: float | None = None
+    total_backward_ms: float | None = None
+    clock: str | None = None
+    lora: tuple | None = None  # LoraLayerRecord, when the model has LoRA layers
+    lora_summary: dict | None = None  # {component: {status: count}}
+    calls: tuple | None = None  # CallRecord, kept for the Chrome trace only (not in the JSON)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def module(self, path: str) -> ModuleRecord | None:
+        return next((m for m in self.modules if m.path == path), None)
+
+    def executed_paths(self) -> set:
+        return {m.path for m in self.modules if m.executed}
+
+    def to_dict(self) -> dict:
+        if not self.ok:
+            d = {"status": self.status, "reason": self.reason}
+            if self.status == "failed":
+                d["failed_in"] = self.failed_in
+            return d
+        d = {"status": self.status, "loss": self.loss, "note": self.note, "loss_kind": self.loss_kind,
+             "latency_ms": self.latency_ms.to_dict(), "backward_ms": self.backward_ms.to_dict(),
+             "peak_memory_bytes": self.peak_memory_bytes, "memory_kind": self.memory_kind,
+             "traced_ms": self.traced_ms, "traced_over_untraced": self.traced_over_untraced,
+             "modules_executed": self.modules_executed, "modules_registered": self.modules_registered,
+             "params_executed": self.params_executed,
+             "stages": {c: s.to_dict() for c, s in self.stages.items()},
+             "modules": [m.to_dict() for m in self.modules], "never_called": list(self.never_called),
+             "total_forward_ms": self.total_forward_ms, "total_backward_ms": self.total_backward_ms,
+             "clock": self.clock, "failed_in": self.failed_in}
+        if self.lora is not None:
+            d["lora"] = [r.to_dict() for r in self.lora]
+            d["lora_summary"] = self.lora_summary
+        return d
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """full_forward over audio_tower, and what only one of them runs. Empty unless both ran."""
+    complete: bool = False
+    latency_ratio_full_over_tower: float | None = None
+    backward_ratio_full_over_tower: float | None = None
+    memory_ratio_full_over_tower: float | None = None
+    params_ratio_full_over_tower: float | None = None
+    only_in_full_forward: tuple = ()  # component roots
+    only_in_full_forward_layers: tuple = ()  # the same with layer ranges collapsed
+    only_in_audio_tower: tuple = ()
+
+    def to_dict(self) -> dict:
+        if not self.complete:
+            return {"latency_ratio_full_over_tower": None, "only_in_full_forward": []}
+        d = asdict(self)
+        del d["complete"]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 # -- the static report (discovery.py builds these) ------------------------------------------------------

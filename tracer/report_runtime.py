@@ -21,60 +21,59 @@ def fmt_ms(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render_run(name: str, run: dict, top: int = 8, verbose: bool = False) -> str:
-    if run["status"] != "ok":
-        where = f" (in {run['failed_in']})" if run.get("failed_in") is not None else ""
-        return f"\n[RUN {name}] {run['status'].upper()}: {run['reason']}{where}"
-    lat, bwd = run["latency_ms"], run["backward_ms"]
-    out = [f"\n[RUN {name}] loss {run['loss_kind']} = {run['loss']:.4g}",
-           f"  untraced: forward {lat['median']:.2f} ms (min {lat['min']:.2f}, max {lat['max']:.2f}, "
-           f"{lat['runs']} runs), backward {bwd['median']:.2f} ms (min {bwd['min']:.2f}, max {bwd['max']:.2f}); "
-           f"peak memory {fmt_bytes(run['peak_memory_bytes'])} ({run['memory_kind']})",
-           f"  traced pass: {run['traced_ms']:.2f} ms = {run['traced_over_untraced']:.2f}× untraced "
-           f"(the tracer's own overhead); clock: {run['clock']}",
-           f"  executed {run['modules_executed']} of {run['modules_registered']} modules, "
-           f"{run['params_executed']:,} parameters"]
-    if run.get("note"):
-        out.append(f"  ! {run['note']}")
-    rows = [[c, fmt_ms(s["forward_ms"]), fmt_ms(s["backward_ms"]), fmt_bytes(s["saved_bytes"]),
-             f"{s['params']:,}", s["modules_executed"]]
-            for c, s in run["stages"].items() if s["modules_executed"]]
+def render_run(name: str, run, top: int = 8, verbose: bool = False) -> str:
+    """One strategy's RunRecord: totals, stages, and the slowest modules (or every one with ``verbose``)."""
+    if not run.ok:
+        where = f" (in {run.failed_in})" if run.failed_in is not None else ""
+        return f"\n[RUN {name}] {run.status.upper()}: {run.reason}{where}"
+    lat, bwd = run.latency_ms, run.backward_ms
+    out = [f"\n[RUN {name}] loss {run.loss_kind} = {run.loss:.4g}",
+           f"  untraced: forward {lat.median:.2f} ms (min {lat.min:.2f}, max {lat.max:.2f}, "
+           f"{lat.runs} runs), backward {bwd.median:.2f} ms (min {bwd.min:.2f}, max {bwd.max:.2f}); "
+           f"peak memory {fmt_bytes(run.peak_memory_bytes)} ({run.memory_kind})",
+           f"  traced pass: {run.traced_ms:.2f} ms = {run.traced_over_untraced:.2f}× untraced "
+           f"(the tracer's own overhead); clock: {run.clock}",
+           f"  executed {run.modules_executed} of {run.modules_registered} modules, "
+           f"{run.params_executed:,} parameters"]
+    if run.note:
+        out.append(f"  ! {run.note}")
+    rows = [[c, fmt_ms(s.forward_ms), fmt_ms(s.backward_ms), fmt_bytes(s.saved_bytes), f"{s.params:,}",
+             s.modules_executed] for c, s in run.stages.items() if s.modules_executed]
     out.append(tabulate(rows, headers=["stage", "self fwd ms", "bwd ms", "saved for bwd", "params", "modules"],
                         tablefmt="simple", disable_numparse=True))
-    executed = [m for m in run["modules"] if m["executed"]]
-    chosen = executed if verbose else sorted(executed, key=lambda m: -m["self_forward_ms"])[:top]
+    executed = [m for m in run.modules if m.executed]
+    chosen = executed if verbose else sorted(executed, key=lambda m: -m.self_forward_ms)[:top]
     title = "every executed module" if verbose else f"slowest {len(chosen)} modules by self forward time"
     out.append(f"  {title}:")
-    rows = [[short(m["path"]) or "(root)", m["class"], m["calls"], fmt_ms(m["self_forward_ms"]), fmt_ms(m["backward_ms"]),
-             ", ".join(m["outputs"][:2]), fmt_bytes(m["saved_bytes"])] for m in chosen]
+    rows = [[short(m.path) or "(root)", m.cls, m.calls, fmt_ms(m.self_forward_ms), fmt_ms(m.backward_ms),
+             ", ".join(map(str, m.outputs[:2])), fmt_bytes(m.saved_bytes)] for m in chosen]
     out.append(tabulate(rows, headers=["module", "class", "calls", "self fwd ms", "bwd ms", "output",
                                        "saved"], tablefmt="simple", disable_numparse=True))
     return "\n".join(out)
 
 
-def render_comparison(runs: dict, comparison: dict, audio_tokens) -> str:
-    tower, full = runs.get("audio_tower", {}), runs.get("full_forward", {})
-    if tower.get("status") != "ok" or full.get("status") != "ok":
+def render_comparison(runs: dict, comparison, audio_tokens) -> str:
+    tower, full = runs.get("audio_tower"), runs.get("full_forward")
+    if not comparison.complete:
         return "\n[COMPARISON] needs both strategies to succeed: " + ", ".join(
-            f"{n} {r.get('status')}" for n, r in runs.items())
+            f"{n} {r.status}" for n, r in runs.items())
 
-    def row(label, get, fmt, ratio_key=None):
-        a, b = get(tower), get(full)
-        ratio = comparison.get(ratio_key) if ratio_key else (b / a if a else None)
-        return [label, fmt(a), fmt(b), "-" if ratio is None else f"{ratio:.2f}×"]
+    def row(label, get, fmt, ratio):
+        return [label, fmt(get(tower)), fmt(get(full)), "-" if ratio is None else f"{ratio:.2f}×"]
 
     rows = [
-        row("forward ms (median)", lambda r: r["latency_ms"]["median"], fmt_ms, "latency_ratio_full_over_tower"),
-        row("backward ms (median)", lambda r: r["backward_ms"]["median"], fmt_ms, "backward_ratio_full_over_tower"),
-        row("peak memory", lambda r: r["peak_memory_bytes"], fmt_bytes, "memory_ratio_full_over_tower"),
-        row("modules executed", lambda r: r["modules_executed"], lambda v: f"{v} of {tower['modules_registered']}"),
-        row("params executed", lambda r: r["params_executed"], lambda v: f"{v:,}", "params_ratio_full_over_tower"),
+        row("forward ms (median)", lambda r: r.latency_ms.median, fmt_ms, comparison.latency_ratio_full_over_tower),
+        row("backward ms (median)", lambda r: r.backward_ms.median, fmt_ms, comparison.backward_ratio_full_over_tower),
+        row("peak memory", lambda r: r.peak_memory_bytes, fmt_bytes, comparison.memory_ratio_full_over_tower),
+        row("modules executed", lambda r: r.modules_executed, lambda v: f"{v} of {tower.modules_registered}",
+            full.modules_executed / tower.modules_executed if tower.modules_executed else None),
+        row("params executed", lambda r: r.params_executed, lambda v: f"{v:,}", comparison.params_ratio_full_over_tower),
         ["audio tokens", str(audio_tokens), str(audio_tokens), ""],
     ]
     out = ["\n[COMPARISON] full_forward vs audio_tower on the same clip, dtype and device",
            tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
                     disable_numparse=True),
-           "  only full_forward runs: " + (", ".join(short(p) for p in comparison["only_in_full_forward_layers"])
+           "  only full_forward runs: " + (", ".join(short(p) for p in comparison.only_in_full_forward_layers)
                                         or "nothing")]
     return "\n".join(out)
 
@@ -89,7 +88,7 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
     from .diagnosis import STATUSES
     counts = []
     for name, run in runs.items():
-        for component, per in run.get("lora_summary", {}).items():
+        for component, per in (run.lora_summary or {}).items():
             counts.append((name, component, per))
     used = [s for s in STATUSES if any(s in per for _, _, per in counts)]
     rows = [[name, component] + [per.get(s, "") for s in used] for name, component, per in counts]
@@ -99,8 +98,7 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
         for g in groups:
             out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
                        + (f"; fix: {g['hint']}" if g["hint"] else ""))
-    if any(r.get("status") == "ok" and any(x["status"] == "zero_init" for x in r.get("lora", []))
-           for r in runs.values()):
+    if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")
     for gap in diagnosis["requested_gaps"]:

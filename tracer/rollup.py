@@ -3,6 +3,8 @@ record. Pure functions of ``hooks.Collected`` (times already in ns); the LoRA di
 ``run_record`` only, so the hook module imports neither the diagnosis nor the static report."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 
 from .hooks import (
@@ -25,7 +27,7 @@ from .hooks import (
     _START,
     Collected,
 )
-from .records import CallRecord, ModuleRecord, describe
+from .records import CallRecord, ModuleRecord, tensor_meta
 
 
 def _live(collected: Collected) -> list:
@@ -51,7 +53,7 @@ def call_records(collected: Collected) -> list[CallRecord]:
         out.append(CallRecord(
             path=collected.paths[c[_IDX]], call_index=index, start_ns=start, end_ns=end,
             self_ns=max(0, end - start - child_ns[cid]), grad_enabled=c[_GRAD], recompute=c[_RECOMPUTE],
-            inputs=[describe(m) for m in c[_INPUTS]], outputs=[describe(m) for m in c[_OUTPUTS] or []],
+            inputs=tuple(map(tensor_meta, c[_INPUTS])), outputs=tuple(map(tensor_meta, c[_OUTPUTS] or [])),
             output_bytes=c[_OUT_BYTES], saved_bytes=c[_SAVED],
             memory_delta_bytes=None if c[_MEM_AFTER] is None else c[_MEM_AFTER] - c[_MEM_BEFORE],
             peak_bytes=None if c[_PEAK] is None else c[_PEAK] - c[_MEM_BEFORE],
@@ -123,7 +125,7 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
             forward_ms=sum(c.end_ns - c.start_ns for c in own) / 1e6,
             self_forward_ms=sum(c.self_ns for c in own) / 1e6,
             backward_ms=backward, grad_enabled=first.grad_enabled if first else None,
-            inputs=first.inputs if first else [], outputs=first.outputs if first else [],
+            inputs=first.inputs if first else (), outputs=first.outputs if first else (),
             outputs_require_grad=outputs_rg[i],
             output_bytes=sum(c.output_bytes for c in own), saved_bytes=sum(c.saved_bytes for c in cs),
             memory_delta_bytes=first.memory_delta_bytes if first else None,
@@ -132,31 +134,54 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
     return records
 
 
-def run_record(collected: Collected, model=None, component_of: dict | None = None) -> dict:
-    """The run record (JSON-ready): modules, never_called, totals, where a failure happened; with a
-    ``model`` that has LoRA layers, their diagnosis (it reads ``.grad``: after backward, before zero_grad)."""
+@dataclass(frozen=True)
+class RunFacts:
+    """What one traced pass shows, rolled up: the part of a run record the Tracer can know."""
+    calls: tuple  # CallRecord
+    modules: tuple  # ModuleRecord
+    never_called: tuple
+    total_forward_ms: float
+    total_backward_ms: float | None
+    clock: str
+    failed_in: str | None
+    lora: tuple | None = None  # LoraLayerRecord
+    lora_summary: dict | None = None
+
+    def to_dict(self) -> dict:
+        run = {"modules": [m.to_dict() for m in self.modules], "never_called": list(self.never_called),
+               "total_forward_ms": self.total_forward_ms, "total_backward_ms": self.total_backward_ms,
+               "clock": self.clock, "failed_in": self.failed_in}
+        if self.lora is not None:
+            run["lora"] = [r.to_dict() for r in self.lora]
+            run["lora_summary"] = self.lora_summary
+        return run
+
+
+def run_facts(collected: Collected, model=None, component_of: dict | None = None) -> RunFacts:
+    """Roll up a traced pass; with a ``model`` that has LoRA layers, their diagnosis too (it reads
+    ``.grad``: after backward, before zero_grad)."""
     calls = call_records(collected)
     records = module_records(collected, calls)
     top_level = [c for c, raw in zip(calls, _live(collected)) if raw[_PARENT] < 0 and not c.recompute]
     starts = [c.backward_start_ns for c in calls if c.backward_start_ns is not None]
     ends = [c.backward_end_ns for c in calls if c.backward_end_ns is not None]
     ends += [t for _, t in collected.param_times]
-    backward = (max(ends) - min(starts)) / 1e6 if starts and ends else None
-    run = {
-        "modules": [r.to_dict() for r in records],
-        "never_called": [r.path for r in records if not r.executed],
-        "total_forward_ms": sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
-        "total_backward_ms": backward,
-        "clock": collected.clock,
-        "failed_in": collected.failed_in,
-    }
+    facts = RunFacts(calls=tuple(calls), modules=tuple(records),
+                     never_called=tuple(r.path for r in records if not r.executed),
+                     total_forward_ms=sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
+                     total_backward_ms=(max(ends) - min(starts)) / 1e6 if starts and ends else None,
+                     clock=collected.clock, failed_in=collected.failed_in)
     if model is not None:
         from .diagnosis import diagnose, lora_layers, summarize
         if lora_layers(model):
             if component_of is None:
                 from .discovery import static_report
                 component_of = static_report(model).component_of
-            lora = diagnose(model, run["modules"], calls, component_of)
-            run["lora"] = [r.to_dict() for r in lora]
-            run["lora_summary"] = summarize(lora)
-    return run
+            lora = diagnose(model, records, calls, component_of)
+            facts = replace(facts, lora=tuple(lora), lora_summary=summarize(lora))
+    return facts
+
+
+def run_record(collected: Collected, model=None, component_of: dict | None = None) -> dict:
+    """``run_facts`` as JSON-ready dicts (what ``Tracer.result()`` returns)."""
+    return run_facts(collected, model, component_of).to_dict()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -13,7 +13,9 @@ from .errors import StrategyFailed, first_line
 from .hooks import Tracer
 from .memory import PeakMemory
 from .naming import new_roots
-from .vocab import COMPONENTS, STRATEGIES
+from .records import Comparison, RunRecord, StageRecord, Timing
+from .rollup import run_facts
+from .vocab import COMPONENTS, RUN_FAILED, RUN_NOT_APPLICABLE, RUN_OK, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _stats(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+def _stats(values: list[float]) -> Timing:
+    return Timing(statistics.median(values), min(values), max(values), len(values))
 
 
 def _timed_pass(step, model, device) -> tuple[float, float]:
@@ -74,7 +76,7 @@ def _timed_pass(step, model, device) -> tuple[float, float]:
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
-def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOptions, device) -> dict:
+def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOptions, device) -> RunRecord:
     """One strategy's RUN record. An error in a pass raises StrategyFailed (the model's exception is its
     ``__cause__``); KeyboardInterrupt passes through."""
     step = make_step(name, model, report, inputs, options, device)
@@ -106,31 +108,29 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
             traced_ms = (time.perf_counter() - t0) * 1e3
     except Exception as e:
         raise StrategyFailed(e, tracer.failed_in) from e  # the last module that ran, for the report
-    record = tracer.result()
-    calls = _with_memory(tracer.calls(), memory_by_call)
-    _merge_module_memory(record["modules"], calls)
-    if options.keep_calls:
-        record["calls"] = [asdict(c) for c in calls]
+    facts = run_facts(tracer.collected(), model, report.component_of)
+    calls = _with_memory(facts.calls, memory_by_call)
+    modules = _with_module_memory(facts.modules, calls)
     untraced_ms = statistics.median(forward) + statistics.median(backward)
-    stages = stage_rollup(record["modules"], report, model)
-    executed = [m for m in record["modules"] if m["executed"]]
-    return {
-        "status": "ok",
-        "loss": float(loss.detach()),
-        "note": None if loss.requires_grad else "no backward: nothing this strategy runs requires grad",
-        "loss_kind": options.loss if name == "audio_tower" else "lm (labels on the target tokens)",
-        "latency_ms": _stats(forward),
-        "backward_ms": _stats(backward),
-        "peak_memory_bytes": memory.peak_bytes,
-        "memory_kind": memory.kind,
-        "traced_ms": traced_ms,
-        "traced_over_untraced": traced_ms / untraced_ms if untraced_ms > 0 else None,
-        "modules_executed": len(executed),
-        "modules_registered": len(record["modules"]),
-        "params_executed": sum(s["params"] for s in stages.values()),
-        "stages": stages,
-        **record,
-    }
+    stages = stage_rollup(modules, report, model)
+    return RunRecord(
+        status=RUN_OK,
+        loss=float(loss.detach()),
+        note=None if loss.requires_grad else "no backward: nothing this strategy runs requires grad",
+        loss_kind=options.loss if name == "audio_tower" else "lm (labels on the target tokens)",
+        latency_ms=_stats(forward),
+        backward_ms=_stats(backward),
+        peak_memory_bytes=memory.peak_bytes,
+        memory_kind=memory.kind,
+        traced_ms=traced_ms,
+        traced_over_untraced=traced_ms / untraced_ms if untraced_ms > 0 else None,
+        modules_executed=sum(1 for m in modules if m.executed),
+        modules_registered=len(modules),
+        params_executed=sum(s.params for s in stages.values()),
+        stages=stages, modules=modules, never_called=facts.never_called,
+        total_forward_ms=facts.total_forward_ms, total_backward_ms=facts.total_backward_ms, clock=facts.clock,
+        failed_in=facts.failed_in, lora=facts.lora, lora_summary=facts.lora_summary,
+        calls=calls if options.keep_calls else None)
 
 
 def _cuda_memory_pass(step, model, device) -> dict:
@@ -147,25 +147,28 @@ def _cuda_memory_pass(step, model, device) -> dict:
     return {(c.path, c.call_index, c.recompute): (c.memory_delta_bytes, c.peak_bytes) for c in tracer.calls()}
 
 
-def _with_memory(calls: list, memory_by_call: dict) -> list:
+def _with_memory(calls: tuple, memory_by_call: dict) -> tuple:
     if not memory_by_call:
         return calls
-    return [replace(c, memory_delta_bytes=m[0], peak_bytes=m[1]) if (m := memory_by_call.get(
-        (c.path, c.call_index, c.recompute))) else c for c in calls]
+    return tuple(replace(c, memory_delta_bytes=m[0], peak_bytes=m[1]) if (m := memory_by_call.get(
+        (c.path, c.call_index, c.recompute))) else c for c in calls)
 
 
-def _merge_module_memory(modules: list[dict], calls: list) -> None:
-    """Module rows take their memory from the calls: the first call's delta, the largest peak."""
+def _with_module_memory(modules: tuple, calls: tuple) -> tuple:
+    """Module records take their memory from the calls (when they have none): the first call's delta, the
+    largest peak."""
     per_path: dict = {}
     for c in calls:
         per_path.setdefault(c.path, []).append(c)
-    for row in modules:
-        cs = per_path.get(row["path"])
-        if not cs or row["memory_delta_bytes"] is not None:
-            continue
-        first = next((c for c in cs if not c.recompute), cs[0])
-        row["memory_delta_bytes"] = first.memory_delta_bytes
-        row["peak_bytes"] = max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None)
+    out = []
+    for m in modules:
+        cs = per_path.get(m.path)
+        if cs and m.memory_delta_bytes is None:
+            first = next((c for c in cs if not c.recompute), cs[0])
+            m = replace(m, memory_delta_bytes=first.memory_delta_bytes,
+                        peak_bytes=max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None))
+        out.append(m)
+    return tuple(out)
 
 
 def _locate_failure(step, model, report) -> str | None:
@@ -183,27 +186,27 @@ def _locate_failure(step, model, report) -> str | None:
     return tracer.failed_in
 
 
-def stage_rollup(modules: list[dict], report: StaticReport, model) -> dict:
+def stage_rollup(modules, report: StaticReport, model) -> dict:
     """Per component: self forward time, the component roots' backward time, bytes, params executed."""
     own_params = {path: sum(p.numel() for p in m.parameters(recurse=False)) for path, m in model.named_modules()}
     stages = {c: {"forward_ms": 0.0, "backward_ms": None, "saved_bytes": 0, "output_bytes": 0, "params": 0,
                   "modules_executed": 0} for c in COMPONENTS}
     component = report.component_of
     for m in modules:
-        if not m["executed"]:
+        if not m.executed:
             continue
-        stage = stages[component.get(m["path"], "other")]
-        stage["forward_ms"] += m["self_forward_ms"]
-        stage["saved_bytes"] += m["saved_bytes"]
-        stage["params"] += own_params.get(m["path"], 0)
+        stage = stages[component.get(m.path, "other")]
+        stage["forward_ms"] += m.self_forward_ms
+        stage["saved_bytes"] += m.saved_bytes
+        stage["params"] += own_params.get(m.path, 0)
         stage["modules_executed"] += 1
-        parent = m["path"].rpartition(".")[0] if m["path"] else None
-        is_root = parent is None or component.get(parent) != component.get(m["path"])
-        if is_root and m["backward_ms"] is not None and component.get(m["path"]) != "other":
-            stage["backward_ms"] = (stage["backward_ms"] or 0.0) + m["backward_ms"]
+        parent = m.path.rpartition(".")[0] if m.path else None
+        is_root = parent is None or component.get(parent) != component.get(m.path)
+        if is_root and m.backward_ms is not None and component.get(m.path) != "other":
+            stage["backward_ms"] = (stage["backward_ms"] or 0.0) + m.backward_ms
         if is_root:
-            stage["output_bytes"] += m["output_bytes"]
-    return stages
+            stage["output_bytes"] += m.output_bytes
+    return {c: StageRecord(**values) for c, values in stages.items()}
 
 
 def run_strategies(model, report: StaticReport, inputs, options: RunOptions, device,
@@ -213,18 +216,18 @@ def run_strategies(model, report: StaticReport, inputs, options: RunOptions, dev
     runs = {}
     for name in names:
         if name == "audio_tower" and report.audio_encoder is None:
-            runs[name] = {"status": "not_applicable",
-                          "reason": "no audio encoder in the module tree (see step 3): nothing to run alone"}
+            runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason="no audio encoder in the module tree (see step 3): "
+                                                              "nothing to run alone")
             continue
         if name == "full_forward" and inputs.full is None:
-            runs[name] = {"status": "not_applicable", "reason": "the processor builds no text input for this model"}
+            runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason="the processor builds no text input for this model")
             continue
         try:
             runs[name] = run_strategy(name, model, report, inputs, options, device)
         except StrategyFailed as e:  # OOM and model errors become this strategy's row
-            runs[name] = {"status": "failed", "reason": str(e), "failed_in": e.failed_in}
+            runs[name] = RunRecord(RUN_FAILED, reason=str(e), failed_in=e.failed_in)
         except Exception as e:  # noqa: BLE001 - outside the passes (building the step, the roll-ups)
-            runs[name] = {"status": "failed", "reason": f"{type(e).__name__}: {first_line(e)}", "failed_in": None}
+            runs[name] = RunRecord(RUN_FAILED, reason=f"{type(e).__name__}: {first_line(e)}")
         finally:
             model.zero_grad(set_to_none=True)
             if device.type == "cuda":
@@ -232,28 +235,24 @@ def run_strategies(model, report: StaticReport, inputs, options: RunOptions, dev
     return runs
 
 
-def compare(runs: dict, report: StaticReport) -> dict:
+def compare(runs: dict, report: StaticReport) -> Comparison:
     """full_forward / audio_tower ratios, and what only full_forward runs (collapsed to component roots)."""
-    tower, full = runs.get("audio_tower", {}), runs.get("full_forward", {})
-    if tower.get("status") != "ok" or full.get("status") != "ok":
-        return {"latency_ratio_full_over_tower": None, "only_in_full_forward": []}
-    executed = {name: {m["path"] for m in run["modules"] if m["executed"]} for name, run in
-                (("audio_tower", tower), ("full_forward", full))}
-    roots, layers = new_roots(executed["full_forward"], executed["audio_tower"])
+    tower, full = runs.get("audio_tower"), runs.get("full_forward")
+    if tower is None or full is None or not tower.ok or not full.ok:
+        return Comparison()
+    roots, layers = new_roots(full.executed_paths(), tower.executed_paths())
 
-    def ratio(key, sub="median"):
-        a, b = tower[key][sub] if sub else tower[key], full[key][sub] if sub else full[key]
+    def ratio(a, b):
         return b / a if a else None
 
-    return {
-        "latency_ratio_full_over_tower": ratio("latency_ms"),
-        "backward_ratio_full_over_tower": ratio("backward_ms"),
-        "memory_ratio_full_over_tower": ratio("peak_memory_bytes", None),
-        "params_ratio_full_over_tower": ratio("params_executed", None),
-        "only_in_full_forward": roots,
-        "only_in_full_forward_layers": layers,
-        "only_in_audio_tower": sorted(executed["audio_tower"] - executed["full_forward"]),
-    }
+    return Comparison(
+        complete=True,
+        latency_ratio_full_over_tower=ratio(tower.latency_ms.median, full.latency_ms.median),
+        backward_ratio_full_over_tower=ratio(tower.backward_ms.median, full.backward_ms.median),
+        memory_ratio_full_over_tower=ratio(tower.peak_memory_bytes, full.peak_memory_bytes),
+        params_ratio_full_over_tower=ratio(tower.params_executed, full.params_executed),
+        only_in_full_forward=tuple(roots), only_in_full_forward_layers=tuple(layers),
+        only_in_audio_tower=tuple(sorted(tower.executed_paths() - full.executed_paths())))
 
 
 def _progress(iterable, desc: str, enabled: bool):
