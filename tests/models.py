@@ -9,7 +9,9 @@ from transformers import (
     WhisperConfig,
     WhisperForConditionalGeneration,
 )
-from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioMultiModalProjector
+from transformers.models.qwen2_audio.modeling_qwen2_audio import (
+    Qwen2AudioMultiModalProjector,
+)
 
 from tracer.loading import BUILTIN_MODEL_DIR, load_builtin
 
