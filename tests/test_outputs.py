@@ -93,3 +93,11 @@ def test_failed_job_writes_nothing(capsys, tmp_path):
     out = tmp_path / "r.json"
     assert main(["--lora-targets", "nothing_here", "--json", str(out), "--markdown", str(tmp_path / "r.md")]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lora_axis_names_say_which_layer():
+    from tracer.exporters import lora_label
+    assert lora_label("base_model.model.model.audio_tower.layers.3.self_attn.q_proj", "audio_encoder") == "enc.3.q_proj"
+    assert lora_label("base_model.model.model.language_model.layers.0.mlp.down_proj", "language_model") == "lm.0.down_proj"
+    assert lora_label("base_model.model.lm_head", "head") == "head.lm_head"
+    assert lora_label("transformer.h.11.attn.c_attn", "language_model") == "lm.11.c_attn"  # GPT-2's layer list

@@ -90,8 +90,8 @@ def _write_outputs(args, report, out: Output) -> None:
         trace = chrome_trace(report.runs)
         write_atomic(args.chrome_trace, lambda tmp: _dump(tmp, trace))
         out.wrote(args.chrome_trace)
-    if args.plot and "runs" in payload:
-        plot(payload["runs"], args.plot)
+    if args.plot and report.runs:
+        plot(report.runs, args.plot)
         out.wrote(args.plot)
     if args.markdown:
         text = markdown(out.text, f"tracer report: {report.model_name}")

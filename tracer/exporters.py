@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .naming import short
 from .schema import SCHEMA_VERSION
-from .vocab import LAYER_PATH
+from .vocab import LAYER_LIST_NAMES, LAYER_PATH
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 SECTION = re.compile(r"^\[([A-Z][A-Z ]*[A-Z0-9]*)\]\s*(.*)$")
@@ -85,8 +85,8 @@ STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "
 
 
 def plot(runs: dict, path: str) -> None:
-    """Per-layer forward/backward time, LoRA grad norms coloured by status, and the strategy comparison.
-    ``runs``: the JSON form of the runs (``TraceReport.to_dict()["runs"]``)."""
+    """Per-layer forward/backward time, LoRA grad norms coloured by status, and the strategy comparison,
+    from the RunRecords by strategy."""
     try:
         import matplotlib
     except ImportError:
@@ -94,31 +94,38 @@ def plot(runs: dict, path: str) -> None:
         raise TracerError("--plot needs matplotlib: pip install -e '.[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ok = {n: r for n, r in runs.items() if r.get("status") == "ok"}
+    ok = {n: r for n, r in runs.items() if r.ok}
     fig, (layers_ax, lora_ax, cmp_ax) = plt.subplots(3, 1, figsize=PLOT_SIZE, dpi=PLOT_DPI)
     main = ok.get("full_forward") or next(iter(ok.values()), None)
     if main:
-        rows = [m for m in main["modules"] if m["executed"] and LAYER_PATH.search(m["path"])]
+        rows = [m for m in main.modules if m.executed and LAYER_PATH.search(m.path)]
         xs = range(len(rows))
-        layers_ax.bar([x - 0.2 for x in xs], [m["forward_ms"] for m in rows], 0.4, label="forward")
-        layers_ax.bar([x + 0.2 for x in xs], [m["backward_ms"] or 0 for m in rows], 0.4, label="backward")
-        layers_ax.set_xticks(list(xs), [_layer_label(m["path"]) for m in rows], rotation=90, fontsize=7)
+        layers_ax.bar([x - 0.2 for x in xs], [m.forward_ms for m in rows], 0.4, label="forward")
+        layers_ax.bar([x + 0.2 for x in xs], [m.backward_ms or 0 for m in rows], 0.4, label="backward")
+        layers_ax.set_xticks(list(xs), [_layer_label(m.path) for m in rows], rotation=90, fontsize=7)
         layers_ax.legend()
     layers_ax.set_ylabel("ms")
     layers_ax.set_title("per-layer time (" + ("full_forward" if "full_forward" in ok else "first strategy") + ")")
+    # one x position per LoRA layer of the strategy with the most, named as enc.3.q_proj
+    layers = max((run.lora or () for run in ok.values()), key=len, default=())
+    position = {(r.path, r.adapter): i for i, r in enumerate(layers)}
     for marker, (name, run) in zip("os", ok.items()):
-        lora = run.get("lora") or []
-        for status in dict.fromkeys(r["status"] for r in lora):
-            picked = [(i, r) for i, r in enumerate(lora) if r["status"] == status]
-            lora_ax.scatter([i for i, _ in picked], [max(r["grad_norm_B"] or 0, 1e-12) for _, r in picked],
+        lora = [r for r in run.lora or () if (r.path, r.adapter) in position]
+        for status in dict.fromkeys(r.status for r in lora):
+            picked = [r for r in lora if r.status == status]
+            lora_ax.scatter([position[(r.path, r.adapter)] for r in picked],
+                            [max(r.grad_norm_B or 0, 1e-12) for r in picked],
                             marker=marker, color=STATUS_COLOURS.get(status, "black"), label=f"{name}: {status}")
+    if layers:
+        lora_ax.set_xticks(range(len(layers)), [lora_label(r.path, r.component) for r in layers], rotation=90,
+                           fontsize=max(3, min(7, 700 // len(layers))))
     lora_ax.set_yscale("log")
     lora_ax.set_ylabel("|grad lora_B| (1e-12 = none)")
     lora_ax.set_title("LoRA gradient norm per layer, coloured by status")
     if lora_ax.get_legend_handles_labels()[0]:
         lora_ax.legend(fontsize=7)
-    metrics = [("forward ms", lambda r: r["latency_ms"]["median"]), ("backward ms", lambda r: r["backward_ms"]["median"]),
-               ("peak MiB", lambda r: (r["peak_memory_bytes"] or 0) / 2**20)]
+    metrics = [("forward ms", lambda r: r.latency_ms.median), ("backward ms", lambda r: r.backward_ms.median),
+               ("peak MiB", lambda r: (r.peak_memory_bytes or 0) / 2**20)]
     width = 0.8 / max(len(ok), 1)
     for k, (name, run) in enumerate(ok.items()):
         cmp_ax.bar([i + k * width for i in range(len(metrics))], [get(run) for _, get in metrics], width, label=name)
@@ -129,6 +136,18 @@ def plot(runs: dict, path: str) -> None:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=PLOT_DPI))
     plt.close(fig)
+
+
+COMPONENT_TAGS = {"audio_encoder": "enc", "language_model": "lm", "projector": "proj", "head": "head"}
+_LAYER_INDEX = re.compile(r"\.(?:" + "|".join(LAYER_LIST_NAMES) + r")\.(\d+)(?:\.|$)")
+
+
+def lora_label(path: str, component: str) -> str:
+    """A LoRA layer's short name for an axis: 'enc.3.q_proj', 'lm.0.down_proj', 'head.lm_head'."""
+    tag = COMPONENT_TAGS.get(component, "other")
+    match = _LAYER_INDEX.search(path)
+    leaf = path.rpartition(".")[2]
+    return f"{tag}.{match.group(1)}.{leaf}" if match else f"{tag}.{leaf}"
 
 
 def _layer_label(path: str) -> str:
