@@ -124,3 +124,24 @@ def test_10ms_clip_is_shorter_than_one_encoder_frame(tiny, tmp_path):
     clip = load_clip(str(tmp_path / "tick.wav"), 16000)
     with pytest.raises(TracerError, match="10 ms is shorter than one encoder frame"):
         prepare_inputs(loaded.processor, loaded.model, encoder, clip)
+
+
+def test_odd_length_24bit_extensible_wav_is_read_whole(tmp_path):
+    """What sox writes for an odd number of 3-byte samples: a 'data' chunk of odd length, which libsndfile
+    notes ("should be an even number of bytes") and reads in full. Not truncated."""
+    path = tmp_path / "odd24.wav"
+    samples = np.sin(np.arange(4801) / 8).astype("float32") * 0.5
+    sf.write(path, samples, 48000, subtype="PCM_24", format="WAVEX")
+    assert "should be an even number" in sf.info(str(path)).extra_info
+    clip = load_clip(str(path), 16000)
+    assert clip.info.source_sample_rate == 48000 and clip.info.subtype == "PCM_24"
+    assert clip.waveform.shape[-1] == pytest.approx(4801 / 3, abs=1)
+
+
+def test_wav_cut_short_is_truncated_with_both_counts(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, np.zeros(4800, dtype="float32"), 16000, subtype="PCM_16")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: 44 + 2 * 1000])
+    with pytest.raises(TracerError, match=r"truncated \(the header promises 4,800 frames, the file holds 1,000\)"):
+        load_clip(str(path), 16000)

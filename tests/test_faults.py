@@ -22,8 +22,9 @@ class FailInBackward(torch.autograd.Function):
         raise RuntimeError("boom inside backward")
 
 
-def inject(monkeypatch, fault):
-    """Load the built-in model as usual, then plant ``fault`` on its lm_head (only full_forward runs it)."""
+def inject(monkeypatch, fault, where=lambda model: model.lm_head):
+    """Load the built-in model as usual, then plant ``fault`` on its lm_head (only full_forward runs it),
+    or on the module ``where`` picks."""
     seen = {}
     original = tracer.loading.load_model
 
@@ -34,7 +35,7 @@ def inject(monkeypatch, fault):
         seen["state"] = {k: v.clone() for k, v in model.state_dict().items()}
         seen["modes"] = [(m, m.training) for m in model.modules()]
         seen["flags"] = [p.requires_grad for p in model.parameters()]
-        seen["handle"] = fault(model.lm_head)
+        seen["handle"] = fault(where(model))
         return loaded
 
     monkeypatch.setattr(tracer.loading, "load_model", load)
@@ -103,3 +104,17 @@ def test_unexpected_error_is_one_line_exit_1_with_debug_hint(monkeypatch, capsys
     assert err == "error: unexpected ZeroDivisionError: division by zero (rerun with --debug for the traceback)\n"
     with pytest.raises(ZeroDivisionError):
         main(["--static-only", "--debug"])
+
+
+def test_both_strategies_failing_say_why_instead_of_empty_tables(monkeypatch, capsys, tmp_path):
+    seen = inject(monkeypatch, raising(RuntimeError("encoder broke")), where=lambda model: model.model.audio_tower)
+    assert main([*FAST, "--json", str(tmp_path / "r.json")]) == 3
+    stdout = capsys.readouterr().out
+    assert "[RUN audio_tower] FAILED: RuntimeError: encoder broke" in stdout
+    assert "[COMPARISON] needs both strategies to succeed: audio_tower failed, full_forward failed" in stdout
+    assert ("[LORA DIAGNOSIS] nothing to diagnose: no strategy finished a traced backward "
+            "(audio_tower failed, full_forward failed)") in stdout
+    assert "[CONFIRMATION] nothing to confirm: no strategy ran to the end (audio_tower failed, full_forward failed)" \
+        in stdout
+    assert "claim  " not in stdout  # no bare table header
+    assert_left_as_found(seen)

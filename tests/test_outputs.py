@@ -101,3 +101,20 @@ def test_lora_axis_names_say_which_layer():
     assert lora_label("base_model.model.model.language_model.layers.0.mlp.down_proj", "language_model") == "lm.0.down_proj"
     assert lora_label("base_model.model.lm_head", "head") == "head.lm_head"
     assert lora_label("transformer.h.11.attn.c_attn", "language_model") == "lm.11.c_attn"  # GPT-2's layer list
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    import os
+    import stat
+
+    from tracer.exporters import write_atomic
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "out.json"
+        write_atomic(str(path), lambda tmp: open(tmp, "w").write("{}"))
+        plain = tmp_path / "plain.json"
+        plain.write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask

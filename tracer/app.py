@@ -71,7 +71,7 @@ class TextReport:
                 out.emit(render_comparison(report.runs, report.comparison, report.inputs.accounting.audio_tokens))
             if report.lora_diagnosis is not None:
                 out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis))
-            out.emit(render_confirmation(report.verdicts, colour=out.colour))
+            out.emit(render_confirmation(report.verdicts, colour=out.colour, runs=report.runs))
 
 
 def run_job(args) -> int:

@@ -116,6 +116,27 @@ def _window(rate: int, frames: int, offset: float, duration: float | None, max_s
     return start, min(frames, start + int(round(length * rate)))
 
 
+def _wav_promised_frames(file: Path) -> int | None:
+    """Frames a RIFF/WAVE header promises (its 'data' chunk over the block size), or None when the file is
+    no WAV or the size is open-ended (0 or 0xFFFFFFFF: a stream). Only the header is read."""
+    with open(file, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while len(chunk := f.read(8)) == 8:
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"fmt ":
+                fmt = f.read(size)
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+                f.seek(size % 2, 1)  # chunks are padded to even sizes
+            elif name == b"data":
+                return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
+            else:
+                f.seek(size + size % 2, 1)
+    return None
+
+
 def _read_soundfile(file: Path, offset, duration, max_seconds):
     import soundfile as sf
     try:
@@ -125,8 +146,10 @@ def _read_soundfile(file: Path, offset, duration, max_seconds):
     if info.frames == 0:
         raise TracerError(f"{file}: no samples (a valid {info.format} header with no audio data)")
     warnings = []
-    if "should be" in info.extra_info:  # libsndfile's note when a WAV header claims more data than the file has
-        raise TracerError(f"{file}: truncated (the header promises more audio than the file holds)")
+    promised = _wav_promised_frames(file)
+    if promised is not None and promised > info.frames:  # libsndfile reads what is there and says little
+        raise TracerError(f"{file}: truncated (the header promises {promised:,} frames, the file holds "
+                          f"{info.frames:,})")
     start, stop = _window(info.samplerate, info.frames, offset, duration, max_seconds)
     try:
         data, _ = sf.read(str(file), start=start, stop=stop, dtype="float32", always_2d=True)

@@ -14,6 +14,16 @@ ANSI = re.compile(r"\033\[[0-9;]*m")
 SECTION = re.compile(r"^\[([A-Z][A-Z ]*[A-Z0-9]*)\]\s*(.*)$")
 
 
+def _umask() -> int:
+    try:  # Linux says it without changing it (other threads may be creating files)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)  # elsewhere the only way to read it is to set it: straight back
+        os.umask(mask)
+        return mask
+
+
 def write_atomic(path: str, write) -> None:
     """``write(tmp_path)`` fills a temp file in the target's directory, then it replaces ``path`` at once."""
     target = Path(path)
@@ -21,6 +31,8 @@ def write_atomic(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # NB: mkstemp makes 0600 files; the result should have the mode a plain open() gives (umask applies)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

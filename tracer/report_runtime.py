@@ -84,12 +84,20 @@ def render_lora_setup(setup: dict) -> str:
             f"{setup['trainable_params']:,} trainable parameters")
 
 
+def _no_run(runs: dict) -> str:
+    """'audio_tower failed, full_forward not_applicable': why a section has no rows."""
+    return ", ".join(f"{n} {r.status}" for n, r in runs.items() if not r.ok) or "no strategy ran"
+
+
 def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
     from .diagnosis import STATUSES
     counts = []
     for name, run in runs.items():
         for component, per in (run.lora_summary or {}).items():
             counts.append((name, component, per))
+    if not counts:
+        return ("\n[LORA DIAGNOSIS] nothing to diagnose: no strategy finished a traced backward "
+                f"({_no_run(runs)})")
     used = [s for s in STATUSES if any(s in per for _, _, per in counts)]
     rows = [[name, component] + [per.get(s, "") for s in used] for name, component, per in counts]
     out = ["\n[LORA DIAGNOSIS] did each LoRA layer get a gradient in the traced backward?",
@@ -110,7 +118,9 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
     return "\n".join(out)
 
 
-def render_confirmation(verdicts: list, colour: bool = False) -> str:
+def render_confirmation(verdicts: list, colour: bool = False, runs: dict | None = None) -> str:
+    if not verdicts:
+        return f"\n[CONFIRMATION] nothing to confirm: no strategy ran to the end ({_no_run(runs or {})})"
     rows = [[v.claim, v.strategy or "", v.claimed, v.observed, paint(v.verdict.upper(), v.verdict, colour)]
             for v in verdicts]
     out = ["\n[CONFIRMATION] the static report checked against what ran (refuted claims first)",
