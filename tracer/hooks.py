@@ -46,11 +46,21 @@ def _flatten(obj, out: list, depth: int = 0) -> list:
     return out
 
 
-def _cuda_allocated(device_index: int) -> tuple[int, int]:
-    """(current, peak) bytes allocated, from one allocator query. NB: memory_allocated() and
-    max_memory_allocated() each flatten and sort every allocator statistic: ~100 µs a call on the hot path."""
-    stat = torch.cuda.memory_stats_as_nested_dict(device_index)["allocated_bytes"]["all"]
-    return stat["current"], stat["peak"]
+class CudaAllocatorMemory:
+    """The CUDA caching allocator's bytes in use, as a memory source for the Tracer: ``read()`` gives
+    (current, peak since ``reset_peak()``). tensor_memory.TensorMemory is the other source (any device)."""
+
+    def __init__(self, device_index: int | None):
+        self.device_index = device_index
+
+    def read(self) -> tuple[int, int]:
+        # NB: memory_allocated() and max_memory_allocated() each flatten and sort every allocator
+        # statistic (~100 µs a call on the hot path): one nested query gives both
+        stat = torch.cuda.memory_stats_as_nested_dict(self.device_index)["allocated_bytes"]["all"]
+        return stat["current"], stat["peak"]
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device_index)
 
 
 def _meta(item):
@@ -64,7 +74,9 @@ class Tracer:
         model: any ``nn.Module`` (PEFT-wrapped, accelerate-dispatched, gradient-checkpointed).
         grad_norms: keep the norm of each module's output gradient (one small reduction per output).
         saved_tensors: attribute bytes autograd saves for backward to the innermost running module.
-        memory: on CUDA, read the allocator's current and peak bytes around each call (two queries a call).
+        memory: read current and peak bytes around each call: from ``memory_source`` when given (e.g. a
+            tensor_memory.TensorMemory, on any device), else on CUDA from the allocator. Two reads a call:
+            more than a small module's own time on a GPU, so timed passes leave it off.
         component_of: module path -> component, from the static report (computed when needed if None).
 
     Example:
@@ -75,9 +87,10 @@ class Tracer:
     """
 
     def __init__(self, model: nn.Module, *, grad_norms: bool = True, saved_tensors: bool = True,
-                 memory: bool = True, component_of: dict | None = None):
+                 memory: bool = True, memory_source=None, component_of: dict | None = None):
         self.model = model
         self.memory = memory
+        self.memory_source = memory_source
         self.component_of = component_of
         self.grad_norms = grad_norms
         self.saved_tensors = saved_tensors
@@ -99,8 +112,9 @@ class Tracer:
         self.failed_in: str | None = None
         first = next(self.model.parameters(), None)
         self._cuda = first is not None and first.device.type == "cuda"
-        self._cuda_memory = self._cuda and self.memory
-        self._device_index = first.device.index if self._cuda else None
+        self._memory = None
+        if self.memory:
+            self._memory = self.memory_source or (CudaAllocatorMemory(first.device.index) if self._cuda else None)
         self._now = self._cuda_event if self._cuda else time.perf_counter_ns
         self._param_storage = {p.untyped_storage().data_ptr() for p in self.model.parameters()
                                if p.device.type != "meta"}
@@ -166,12 +180,12 @@ class Tracer:
                         continue
                     hook = hook or partial(self._input_grad, cid)
                     self._tensor_handles.append(t.register_hook(hook))
-        if self._cuda_memory:
-            current, peak = _cuda_allocated(self._device_index)
+        if self._memory is not None:
+            current, peak = self._memory.read()
             if self._stack:  # NB: nested modules share one peak counter; fold it into the parent first
                 parent = self._calls[self._stack[-1]]
                 parent[_PEAK] = max(parent[_PEAK] or 0, peak)
-            torch.cuda.reset_peak_memory_stats(self._device_index)
+            self._memory.reset_peak()
             call[_MEM_BEFORE] = current
         self._stack.append(cid)
         call[_START] = self._now()
@@ -201,8 +215,8 @@ class Tracer:
                     self._tensor_handles.append(t.register_hook(partial(self._output_grad, consumers)))
                     self._produced[id(t)] = (weakref.ref(t), t._version, consumers)
         call[_OUT_BYTES], call[_OUT_RG] = nbytes, requires_grad
-        if self._cuda_memory:
-            call[_MEM_AFTER], peak = _cuda_allocated(self._device_index)
+        if self._memory is not None:
+            call[_MEM_AFTER], peak = self._memory.read()
             call[_PEAK] = max(call[_PEAK] or 0, peak)
             if self._stack:
                 parent = self._calls[self._stack[-1]]

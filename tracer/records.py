@@ -146,8 +146,9 @@ class RunRecord:
     loss_kind: str | None = None
     latency_ms: Timing | None = None  # untraced forward
     backward_ms: Timing | None = None  # untraced backward
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # above what was allocated before the pass
     memory_kind: str | None = None
+    memory_split: dict | None = None  # parameters; at the peak: activations, gradients, temporaries
     traced_ms: float | None = None
     traced_over_untraced: float | None = None
     modules_executed: int = 0
@@ -182,6 +183,7 @@ class RunRecord:
         d = {"status": self.status, "loss": self.loss, "note": self.note, "loss_kind": self.loss_kind,
              "latency_ms": self.latency_ms.to_dict(), "backward_ms": self.backward_ms.to_dict(),
              "peak_memory_bytes": self.peak_memory_bytes, "memory_kind": self.memory_kind,
+             "memory_split": self.memory_split,
              "traced_ms": self.traced_ms, "traced_over_untraced": self.traced_over_untraced,
              "modules_executed": self.modules_executed, "modules_registered": self.modules_registered,
              "params_executed": self.params_executed,

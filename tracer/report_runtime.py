@@ -30,7 +30,7 @@ def render_run(name: str, run, top: int = 8, verbose: bool = False) -> str:
     out = [f"\n[RUN {name}] loss {run.loss_kind} = {run.loss:.4g}",
            f"  untraced: forward {lat.median:.2f} ms (min {lat.min:.2f}, max {lat.max:.2f}, "
            f"{lat.runs} runs), backward {bwd.median:.2f} ms (min {bwd.min:.2f}, max {bwd.max:.2f}); "
-           f"peak memory {fmt_bytes(run.peak_memory_bytes)} ({run.memory_kind})",
+           f"peak memory {fmt_bytes(run.peak_memory_bytes)} ({run.memory_kind}){_split(run.memory_split)}",
            f"  traced pass: {run.traced_ms:.2f} ms = {run.traced_over_untraced:.2f}× untraced "
            f"(the tracer's own overhead); clock: {run.clock}",
            f"  executed {run.modules_executed} of {run.modules_registered} modules, "
@@ -50,6 +50,13 @@ def render_run(name: str, run, top: int = 8, verbose: bool = False) -> str:
     out.append(tabulate(rows, headers=["module", "class", "calls", "self fwd ms", "bwd ms", "output",
                                        "saved"], tablefmt="simple", disable_numparse=True))
     return "\n".join(out)
+
+
+def _split(split: dict | None) -> str:
+    if not split:
+        return ""
+    return (f": {fmt_bytes(split['activations'])} activations, {fmt_bytes(split['gradients'])} gradients, "
+            f"{fmt_bytes(split['temporaries'])} temporaries; weights {fmt_bytes(split['parameters'])} besides")
 
 
 def render_comparison(runs: dict, comparison, audio_tokens) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,6 +16,7 @@ from .memory import PeakMemory
 from .naming import new_roots
 from .records import Comparison, RunRecord, StageRecord, Timing
 from .rollup import run_facts
+from .tensor_memory import TensorMemory
 from .vocab import COMPONENTS, RUN_FAILED, RUN_NOT_APPLICABLE, RUN_OK, STRATEGIES
 
 
@@ -88,12 +90,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
             f, b = _timed_pass(step, model, device)
             forward.append(f)
             backward.append(b)
-        # NB: memory gets a pass of its own: on CPU the RSS sampler thread would slow the timed passes.
-        # The last pass's gradients are freed first, or the baseline counts them and the peak looks tiny.
-        model.zero_grad(set_to_none=True)
-        with PeakMemory(device) as memory:
-            _timed_pass(step, model, device)
-        memory_by_call = _cuda_memory_pass(step, model, device)
+        memory = _memory_pass(step, model, device)
     except Exception as e:
         raise StrategyFailed(e, _locate_failure(step, model, report)) from e
     model.zero_grad(set_to_none=True)
@@ -109,7 +106,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
     except Exception as e:
         raise StrategyFailed(e, tracer.failed_in) from e  # the last module that ran, for the report
     facts = run_facts(tracer.collected(), model, report.component_of)
-    calls = _with_memory(facts.calls, memory_by_call)
+    calls = _with_memory(facts.calls, memory.by_call)
     modules = _with_module_memory(facts.modules, calls)
     untraced_ms = statistics.median(forward) + statistics.median(backward)
     stages = stage_rollup(modules, report, model)
@@ -122,6 +119,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         backward_ms=_stats(backward),
         peak_memory_bytes=memory.peak_bytes,
         memory_kind=memory.kind,
+        memory_split=memory.split,
         traced_ms=traced_ms,
         traced_over_untraced=traced_ms / untraced_ms if untraced_ms > 0 else None,
         modules_executed=sum(1 for m in modules if m.executed),
@@ -133,18 +131,31 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         calls=calls if options.keep_calls else None)
 
 
-def _cuda_memory_pass(step, model, device) -> dict:
-    """Per-call allocator bytes from a traced pass of its own, on CUDA: reading the allocator around every
-    call costs far more than the call itself on a GPU, so the timed traced pass leaves it out. Keyed by
-    (path, call index, recompute)."""
-    if device.type != "cuda":
-        return {}
-    model.zero_grad(set_to_none=True)
-    with Tracer(model, grad_norms=False, saved_tensors=False) as tracer:
+@dataclass(frozen=True)
+class _Memory:
+    peak_bytes: int
+    kind: str
+    split: dict  # parameters, and at the peak: activations, gradients, temporaries
+    by_call: dict  # (path, call index, recompute) -> (memory delta, peak) bytes
+
+
+def _memory_pass(step, model, device) -> _Memory:
+    """Memory gets a traced pass of its own: following every storage (and, on CUDA, asking the allocator
+    around every call) costs more than the timed passes may carry. On CUDA the peak is the allocator's; on
+    CPU, live tensor bytes. The split comes from the tensors either way."""
+    model.zero_grad(set_to_none=True)  # or the baseline counts the last pass's gradients and the peak looks tiny
+    tensors = TensorMemory(device, model)
+    allocator = PeakMemory(device) if device.type == "cuda" else nullcontext()
+    source = None if device.type == "cuda" else tensors  # on CUDA the Tracer asks the allocator
+    with allocator, tensors, Tracer(model, grad_norms=False, saved_tensors=False, memory_source=source) as tracer:
         loss = step()
         if loss.requires_grad:
             loss.backward()
-    return {(c.path, c.call_index, c.recompute): (c.memory_delta_bytes, c.peak_bytes) for c in tracer.calls()}
+    by_call = {(c.path, c.call_index, c.recompute): (c.memory_delta_bytes, c.peak_bytes) for c in tracer.calls()}
+    split = {"parameters": tensors.parameters, **tensors.peak_by_kind}
+    if device.type == "cuda":
+        return _Memory(allocator.peak_bytes, allocator.kind, split, by_call)
+    return _Memory(tensors.peak, "live tensor bytes", split, by_call)
 
 
 def _with_memory(calls: tuple, memory_by_call: dict) -> tuple:
