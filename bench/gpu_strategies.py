@@ -36,13 +36,13 @@ def main() -> int:
             print(f"built {report.model_name} on {where} in {time.perf_counter() - t0:.1f} s, "
                   f"{weights / 2**30:.1f} GiB of weights", flush=True)
         elif event == "run":
-            print(render_run(detail, report.runs[detail]), flush=True)
+            print(render_run(detail, report.runs[detail]).text(), flush=True)
 
     t0 = time.perf_counter()
     options = TraceOptions(repeats=args.repeats, warmup=args.warmup, device=args.device, dtype="bfloat16",
                            lora=args.lora)
     report = trace_clip(args.clip, config=args.config, options=options, observer=progress)
-    print(render_comparison(report.runs, report.comparison, report.inputs.accounting.audio_tokens))
+    print(render_comparison(report.runs, report.comparison, report.inputs.accounting.audio_tokens).text())
     return 3 if report.failed else 0
 
 

@@ -118,3 +118,17 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_sections_headings_and_colour_only_on_verdicts():
+    from tracer.sections import Section, coloured, markdown
+    assert Section("LORA DIAGNOSIS", "x").heading() == "LoRA diagnosis"
+    assert Section("RUN audio_tower", "x").heading() == "Run audio_tower"
+    assert Section("STEP 8", "Encoding strategy").heading() == "Step 8"
+    verdicts = Section("CONFIRMATION", "checked", "a  CONFIRMED\nb  REFUTED\n  ! b (full_forward): fix it")
+    text = coloured(verdicts)
+    assert "\033[32mCONFIRMED\033[0m" in text and "\033[31mREFUTED\033[0m" in text and "\033[31m  !\033[0m" in text
+    assert coloured(Section("CLIP", "REFUTED is just a word here")) == "\n[CLIP] REFUTED is just a word here"
+    md = markdown(["note: hi", verdicts], "t")
+    assert md == ("# t\n\n> note: hi\n\n## Confirmation: checked\n\n```\na  CONFIRMED\nb  REFUTED\n"
+                  "  ! b (full_forward): fix it\n```")

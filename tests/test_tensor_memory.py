@@ -2,7 +2,6 @@
 import gc
 
 import models
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from test_strategies_support import tiny_inputs

@@ -9,24 +9,23 @@ from .errors import EXIT_OK, EXIT_STRATEGY_FAILED
 
 
 class Output:
-    """Prints report sections (unless --quiet) and keeps them for --markdown."""
+    """Prints report sections and notes (unless --quiet) and keeps them for --markdown."""
 
     def __init__(self, quiet: bool, colour: bool = False):
         self.quiet = quiet
         self.colour = colour  # only on a TTY, and never with NO_COLOR
-        self.sections: list[str] = []
+        self.parts: list = []  # sections.Section, or a note's text
 
-    def emit(self, text: str) -> None:
-        self.sections.append(text)
-        if not self.quiet:
-            print(text, flush=True)
+    def emit(self, part) -> None:
+        from .sections import Section, coloured
+        for one in part if isinstance(part, list) else [part]:
+            self.parts.append(one)
+            if not self.quiet:
+                text = (coloured(one) if self.colour else one.text()) if isinstance(one, Section) else one
+                print(text, flush=True)
 
     def wrote(self, path: str) -> None:
         print(f"wrote {path}")
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.sections)
 
 
 def options_from_args(args):
@@ -71,7 +70,7 @@ class TextReport:
                 out.emit(render_comparison(report.runs, report.comparison, report.inputs.accounting.audio_tokens))
             if report.lora_diagnosis is not None:
                 out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis))
-            out.emit(render_confirmation(report.verdicts, colour=out.colour, runs=report.runs))
+            out.emit(render_confirmation(report.verdicts, runs=report.runs))
 
 
 def run_job(args) -> int:
@@ -84,7 +83,8 @@ def run_job(args) -> int:
 
 
 def _write_outputs(args, report, out: Output) -> None:
-    from .exporters import chrome_trace, markdown, plot, write_atomic
+    from .exporters import chrome_trace, plot, write_atomic
+    from .sections import markdown
     payload = report.to_dict()
     if args.chrome_trace and report.runs:
         trace = chrome_trace(report.runs)
@@ -94,7 +94,7 @@ def _write_outputs(args, report, out: Output) -> None:
         plot(report.runs, args.plot)
         out.wrote(args.plot)
     if args.markdown:
-        text = markdown(out.text, f"tracer report: {report.model_name}")
+        text = markdown(out.parts, f"tracer report: {report.model_name}")
         write_atomic(args.markdown, lambda tmp: Path(tmp).write_text(text + "\n"))
         out.wrote(args.markdown)
     if args.json:

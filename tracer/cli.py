@@ -113,11 +113,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _diff(args) -> int:
-    from .diff import run_diff
+    from .diff import diff_record, diff_specs, render_diff
     if args.json:
         from .loading import check_output_path
         check_output_path(args.json, "--json")
-    return run_diff(args.a, args.b, args.json)
+    results = diff_specs(args.a, args.b)
+    for label_a, label_b, d in results:
+        print(render_diff(label_a, label_b, d))
+    if args.json:
+        import json
+        from pathlib import Path
+
+        from .exporters import write_atomic
+        record = diff_record(results)
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str)))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _job(args) -> int:

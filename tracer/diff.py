@@ -1,8 +1,6 @@
-"""`bin/trace diff A.json[:STRATEGY] B.json[:STRATEGY]`: what changed between two traced runs."""
+"""`bin/trace diff A.json[:STRATEGY] B.json[:STRATEGY]`: what changed between two traced runs (computed and
+rendered here; the CLI prints and writes)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from tabulate import tabulate
 
@@ -104,15 +102,12 @@ def render_diff(label_a: str, label_b: str, d: dict) -> str:
     return "\n".join(out)
 
 
-def run_diff(a_spec: str, b_spec: str, json_out: str | None = None) -> int:
-    results = []
-    for label_a, a, label_b, b in pairs(a_spec, b_spec):
-        d = diff_runs(a, b)
-        print(render_diff(label_a, label_b, d))
-        results.append({"a": label_a, "b": label_b, **{k: v for k, v in d.items() if k != "totals"},
-                        "totals": {k: list(v) for k, v in d["totals"].items()}})
-    if json_out:
-        from .exporters import write_atomic
-        write_atomic(json_out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, default=str)))
-        print(f"wrote {json_out}")
-    return 0
+def diff_specs(a_spec: str, b_spec: str) -> list[tuple[str, str, dict]]:
+    """(label A, label B, differences) for each comparison two ``A.json[:STRATEGY]`` specs ask for."""
+    return [(label_a, label_b, diff_runs(a, b)) for label_a, a, label_b, b in pairs(a_spec, b_spec)]
+
+
+def diff_record(results: list[tuple[str, str, dict]]) -> list[dict]:
+    """The JSON that ``bin/trace diff --json`` writes."""
+    return [{"a": label_a, "b": label_b, **{k: v for k, v in d.items() if k != "totals"},
+             "totals": {k: list(v) for k, v in d["totals"].items()}} for label_a, label_b, d in results]

@@ -10,9 +10,6 @@ from .naming import short
 from .schema import SCHEMA_VERSION
 from .vocab import LAYER_LIST_NAMES, LAYER_PATH
 
-ANSI = re.compile(r"\033\[[0-9;]*m")
-SECTION = re.compile(r"^\[([A-Z][A-Z ]*[A-Z0-9]*)\]\s*(.*)$")
-
 
 def _umask() -> int:
     try:  # Linux says it without changing it (other threads may be creating files)
@@ -64,29 +61,6 @@ def chrome_trace(runs: dict) -> dict:
                 events.append({"name": label, "cat": "backward", "ph": "X", "ts": start / 1e3,
                                "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
-
-
-def markdown(text: str, title: str) -> str:
-    """The terminal report as Markdown: one heading and one fenced block per section."""
-    out = [f"# {title}", ""]
-    block: list[str] = []
-
-    def flush():
-        body = "\n".join(block).strip("\n")
-        if body:
-            out.extend(["```", body, "```", ""])
-        block.clear()
-
-    for line in ANSI.sub("", text).splitlines():
-        match = SECTION.match(line)
-        if match:
-            flush()
-            out.extend([f"## {match.group(1).title()}: {match.group(2)}" if match.group(2)
-                        else f"## {match.group(1).title()}", ""])
-        else:
-            block.append(line)
-    flush()
-    return "\n".join(out)
 
 
 PLOT_SIZE = (10, 11)  # inches; at PLOT_DPI that is 1000 x 1100 pixels

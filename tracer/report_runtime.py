@@ -4,6 +4,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from .naming import short
+from .sections import Section
 
 
 def fmt_bytes(n) -> str:
@@ -21,14 +22,13 @@ def fmt_ms(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render_run(name: str, run, top: int = 8, verbose: bool = False) -> str:
+def render_run(name: str, run, top: int = 8, verbose: bool = False) -> Section:
     """One strategy's RunRecord: totals, stages, and the slowest modules (or every one with ``verbose``)."""
     if not run.ok:
         where = f" (in {run.failed_in})" if run.failed_in is not None else ""
-        return f"\n[RUN {name}] {run.status.upper()}: {run.reason}{where}"
+        return Section(f"RUN {name}", f"{run.status.upper()}: {run.reason}{where}")
     lat, bwd = run.latency_ms, run.backward_ms
-    out = [f"\n[RUN {name}] loss {run.loss_kind} = {run.loss:.4g}",
-           f"  untraced: forward {lat.median:.2f} ms (min {lat.min:.2f}, max {lat.max:.2f}, "
+    out = [f"  untraced: forward {lat.median:.2f} ms (min {lat.min:.2f}, max {lat.max:.2f}, "
            f"{lat.runs} runs), backward {bwd.median:.2f} ms (min {bwd.min:.2f}, max {bwd.max:.2f}); "
            f"peak memory {fmt_bytes(run.peak_memory_bytes)} ({run.memory_kind}){_split(run.memory_split)}",
            f"  traced pass: {run.traced_ms:.2f} ms = {run.traced_over_untraced:.2f}× untraced "
@@ -49,7 +49,7 @@ def render_run(name: str, run, top: int = 8, verbose: bool = False) -> str:
              ", ".join(map(str, m.outputs[:2])), fmt_bytes(m.saved_bytes)] for m in chosen]
     out.append(tabulate(rows, headers=["module", "class", "calls", "self fwd ms", "bwd ms", "output",
                                        "saved"], tablefmt="simple", disable_numparse=True))
-    return "\n".join(out)
+    return Section(f"RUN {name}", f"loss {run.loss_kind} = {run.loss:.4g}", "\n".join(out))
 
 
 def _split(split: dict | None) -> str:
@@ -59,11 +59,11 @@ def _split(split: dict | None) -> str:
             f"{fmt_bytes(split['temporaries'])} temporaries; weights {fmt_bytes(split['parameters'])} besides")
 
 
-def render_comparison(runs: dict, comparison, audio_tokens) -> str:
+def render_comparison(runs: dict, comparison, audio_tokens) -> Section:
     tower, full = runs.get("audio_tower"), runs.get("full_forward")
     if not comparison.complete:
-        return "\n[COMPARISON] needs both strategies to succeed: " + ", ".join(
-            f"{n} {r.status}" for n, r in runs.items())
+        return Section("COMPARISON", "needs both strategies to succeed: " + ", ".join(
+            f"{n} {r.status}" for n, r in runs.items()))
 
     def row(label, get, fmt, ratio):
         return [label, fmt(get(tower)), fmt(get(full)), "-" if ratio is None else f"{ratio:.2f}×"]
@@ -77,16 +77,15 @@ def render_comparison(runs: dict, comparison, audio_tokens) -> str:
         row("params executed", lambda r: r.params_executed, lambda v: f"{v:,}", comparison.params_ratio_full_over_tower),
         ["audio tokens", str(audio_tokens), str(audio_tokens), ""],
     ]
-    out = ["\n[COMPARISON] full_forward vs audio_tower on the same clip, dtype and device",
-           tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
+    out = [tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
                     disable_numparse=True),
            "  only full_forward runs: " + (", ".join(short(p) for p in comparison.only_in_full_forward_layers)
                                         or "nothing")]
-    return "\n".join(out)
+    return Section("COMPARISON", "full_forward vs audio_tower on the same clip, dtype and device", "\n".join(out))
 
 
-def render_lora_setup(setup: dict) -> str:
-    return (f"\n[LORA] {setup['layers']} LoRA layers, r={setup['r']}{' (DoRA)' if setup['use_dora'] else ''}, "
+def render_lora_setup(setup: dict) -> Section:
+    return Section("LORA", f"{setup['layers']} LoRA layers, r={setup['r']}{' (DoRA)' if setup['use_dora'] else ''}, "
             f"target_modules {setup['target_modules']} from {setup['source']}; "
             f"{setup['trainable_params']:,} trainable parameters")
 
@@ -96,19 +95,18 @@ def _no_run(runs: dict) -> str:
     return ", ".join(f"{n} {r.status}" for n, r in runs.items() if not r.ok) or "no strategy ran"
 
 
-def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
+def render_lora_diagnosis(runs: dict, diagnosis: dict) -> Section:
     from .diagnosis import STATUSES
     counts = []
     for name, run in runs.items():
         for component, per in (run.lora_summary or {}).items():
             counts.append((name, component, per))
     if not counts:
-        return ("\n[LORA DIAGNOSIS] nothing to diagnose: no strategy finished a traced backward "
-                f"({_no_run(runs)})")
+        return Section("LORA DIAGNOSIS", f"nothing to diagnose: no strategy finished a traced backward "
+                                         f"({_no_run(runs)})")
     used = [s for s in STATUSES if any(s in per for _, _, per in counts)]
     rows = [[name, component] + [per.get(s, "") for s in used] for name, component, per in counts]
-    out = ["\n[LORA DIAGNOSIS] did each LoRA layer get a gradient in the traced backward?",
-           tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
+    out = [tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
     for name, groups in diagnosis["dead_groups"].items():
         for g in groups:
             out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
@@ -122,25 +120,15 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> str:
     s = diagnosis["suggested_target_modules"]
     out.append(f"  suggested target_modules for {s['strategy']}: {s['list']}, or the regex r\"{s['regex']}\" "
                f"({s['note']})")
-    return "\n".join(out)
+    return Section("LORA DIAGNOSIS", "did each LoRA layer get a gradient in the traced backward?", "\n".join(out))
 
 
-def render_confirmation(verdicts: list, colour: bool = False, runs: dict | None = None) -> str:
+def render_confirmation(verdicts: list, runs: dict | None = None) -> Section:
     if not verdicts:
-        return f"\n[CONFIRMATION] nothing to confirm: no strategy ran to the end ({_no_run(runs or {})})"
-    rows = [[v.claim, v.strategy or "", v.claimed, v.observed, paint(v.verdict.upper(), v.verdict, colour)]
-            for v in verdicts]
-    out = ["\n[CONFIRMATION] the static report checked against what ran (refuted claims first)",
-           tabulate(rows, headers=["claim", "strategy", "claimed", "observed", "verdict"], tablefmt="simple",
+        return Section("CONFIRMATION", f"nothing to confirm: no strategy ran to the end ({_no_run(runs or {})})")
+    rows = [[v.claim, v.strategy or "", v.claimed, v.observed, v.verdict.upper()] for v in verdicts]
+    out = [tabulate(rows, headers=["claim", "strategy", "claimed", "observed", "verdict"], tablefmt="simple",
                     disable_numparse=True)]
-    out += [f"  {paint('!', 'refuted', colour)} {v.claim} ({v.strategy}): {v.todo}" for v in verdicts
-            if v.verdict == "refuted" and v.todo]
-    return "\n".join(out)
-
-
-COLOURS = {"confirmed": "32", "refuted": "31", "noted": "33"}
-
-
-def paint(text: str, kind: str, colour: bool) -> str:
-    code = COLOURS.get(kind)
-    return f"\033[{code}m{text}\033[0m" if colour and code else text
+    out += [f"  ! {v.claim} ({v.strategy}): {v.todo}" for v in verdicts if v.verdict == "refuted" and v.todo]
+    return Section("CONFIRMATION", "the static report checked against what ran (refuted claims first)",
+                   "\n".join(out))

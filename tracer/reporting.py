@@ -4,6 +4,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from .discovery import StaticReport
+from .sections import Section
 from .vocab import COMPONENTS
 
 
@@ -13,66 +14,78 @@ def _n(value) -> str:
     return f"{value:,}"
 
 
-def _section(number: int, title: str) -> str:
-    return f"\n[STEP {number}] {title}"
+class _Steps:
+    """Builds the static report's sections: ``start`` a step, ``add`` its lines."""
+
+    def __init__(self):
+        self.steps: list = []
+
+    def start(self, number: int, title: str) -> None:
+        self.steps.append((f"STEP {number}", title, []))
+
+    def add(self, text: str) -> None:
+        self.steps[-1][2].append(text)
+
+    def sections(self) -> list:
+        return [Section(tag, title, "\n".join(lines)) for tag, title, lines in self.steps]
 
 
-def render_static(report: StaticReport, depth: int = 4) -> str:
-    """The 8 steps of the static structure report as plain text."""
-    out = []
-    out.append(_section(1, "Model class and module"))
-    out.append(tabulate([["class", report.model_class], ["module", report.model_module],
+def render_static(report: StaticReport, depth: int = 4) -> list:
+    """The 8 steps of the static structure report, one Section each."""
+    steps = _Steps()
+    steps.start(1, "Model class and module")
+    steps.add(tabulate([["class", report.model_class], ["module", report.model_module],
                          ["parameters", f"{_n(report.params_total)} total, {_n(report.params_trainable)} trainable"]],
                         tablefmt="plain"))
 
-    out.append(_section(2, "Top-level attributes"))
+    steps.start(2, "Top-level attributes")
     rows = [[a.name, "module" if a.is_module else "config", a.cls, _n(a.params) if a.is_module else ""]
             for a in report.top_level]
-    out.append(tabulate(rows, headers=["name", "kind", "class", "params"], tablefmt="simple"))
+    steps.add(tabulate(rows, headers=["name", "kind", "class", "params"], tablefmt="simple"))
 
-    out.append(_section(3, "Audio encoder"))
+    steps.start(3, "Audio encoder")
     enc = report.audio_encoder
     if enc is None:
-        out.append("  none found (searched names " "audio_tower, audio_encoder, audio_model, speech_encoder, … "
+        steps.add("  none found (searched names " "audio_tower, audio_encoder, audio_model, speech_encoder, … "
                    "and classes *AudioEncoder/*SpeechEncoder/WhisperEncoder)")
     else:
-        out.append(f"  found {enc.path}: {enc.cls}  (by {enc.found_by})")
-        out.append(f"  layers: {enc.num_layers} × {enc.layer_class}, hidden size {_n(enc.hidden_size)}")
-        out.append("  submodules: " + ", ".join(f"{n} ({c})" for n, c in enc.submodules))
-        out.append("  first layer: " + ", ".join(f"{n} ({c})" for n, c in enc.layer_children))
+        steps.add(f"  found {enc.path}: {enc.cls}  (by {enc.found_by})")
+        steps.add(f"  layers: {enc.num_layers} × {enc.layer_class}, hidden size {_n(enc.hidden_size)}")
+        steps.add("  submodules: " + ", ".join(f"{n} ({c})" for n, c in enc.submodules))
+        steps.add("  first layer: " + ", ".join(f"{n} ({c})" for n, c in enc.layer_children))
 
-    out.append(_section(4, "Language model"))
+    steps.start(4, "Language model")
     lm = report.language_model
     if lm is None:
-        out.append("  none found")
+        steps.add("  none found")
     else:
-        out.append(f"  found {lm.path}: {lm.cls}  (by {lm.found_by})")
-        out.append(f"  layers: {lm.num_layers}, hidden size {_n(lm.hidden_size)}")
+        steps.add(f"  found {lm.path}: {lm.cls}  (by {lm.found_by})")
+        steps.add(f"  layers: {lm.num_layers}, hidden size {_n(lm.hidden_size)}")
 
-    out.append(_section(5, "Config analysis"))
-    out.append(_render_config(report.config))
+    steps.start(5, "Config analysis")
+    steps.add(_render_config(report.config))
 
-    out.append(_section(6, f"Module tree (depth ≤ {depth}; repeated layers collapsed)"))
-    out.append(render_tree(report.tree, depth))
-    out.append("  by component: " + ", ".join(f"{c} {_n(report.components[c])}" for c in COMPONENTS))
+    steps.start(6, f"Module tree (depth ≤ {depth}; repeated layers collapsed)")
+    steps.add(render_tree(report.tree, depth))
+    steps.add("  by component: " + ", ".join(f"{c} {_n(report.components[c])}" for c in COMPONENTS))
     for path, shares_with in report.shared_parameters:
-        out.append(f"  shared: {path} is {shares_with} (counted once)")
+        steps.add(f"  shared: {path} is {shares_with} (counted once)")
 
-    out.append(_section(7, "LoRA candidates (Linear leaves by name and component)"))
+    steps.start(7, "LoRA candidates (Linear leaves by name and component)")
     rows = [[name] + [_n(per.get(c)) if per.get(c) else "" for c in COMPONENTS]
             + [report.lora_examples[name][0]] for name, per in report.lora_candidates.items()]
-    out.append(tabulate(rows, headers=["name", *COMPONENTS, "e.g."], tablefmt="simple"))
+    steps.add(tabulate(rows, headers=["name", *COMPONENTS, "e.g."], tablefmt="simple"))
     for gap in report.target_gaps:
         hint = f"; it uses {' / '.join(gap.use_instead)}" if gap.use_instead else ""
-        out.append(f"  ! '{gap.name}' matches nothing in {gap.component}{hint}")
+        steps.add(f"  ! '{gap.name}' matches nothing in {gap.component}{hint}")
 
-    out.append(_section(8, "Encoding strategy"))
+    steps.start(8, "Encoding strategy")
     s = report.strategy
-    out.append(f"  chosen: {s.chosen}")
-    out.append(f"  reason: {s.reason}")
-    out.append(f"  encoding hidden size: {_n(s.hidden_size)}")
-    out.append(f"  LoRA target names in what it runs: {', '.join(s.lora_targets) or 'none'}")
-    return "\n".join(out)
+    steps.add(f"  chosen: {s.chosen}")
+    steps.add(f"  reason: {s.reason}")
+    steps.add(f"  encoding hidden size: {_n(s.hidden_size)}")
+    steps.add(f"  LoRA target names in what it runs: {', '.join(s.lora_targets) or 'none'}")
+    return steps.sections()
 
 
 def _render_config(config: dict) -> str:
@@ -140,7 +153,7 @@ def clip_record(info, inputs) -> dict:
             "target_tokens": inputs.target_tokens}
 
 
-def render_clip(info, inputs) -> str:
+def render_clip(info, inputs) -> Section:
     acc = inputs.accounting
     rows = [
         ["file", f"{info.path} ({info.format} {info.subtype}, {info.source_sample_rate} Hz, "
@@ -156,6 +169,5 @@ def render_clip(info, inputs) -> str:
     if inputs.full is not None:
         rows.append(["full_forward text", f"{inputs.prompt_tokens:,} prompt tokens (audio included) + "
                                           f"{inputs.target_tokens:,} target tokens, {inputs.template}"])
-    out = ["\n[CLIP] The audio as the model receives it", tabulate(rows, tablefmt="plain")]
-    out += [f"  ! {w}" for w in info.warnings]
-    return "\n".join(out)
+    out = [tabulate(rows, tablefmt="plain")] + [f"  ! {w}" for w in info.warnings]
+    return Section("CLIP", "The audio as the model receives it", "\n".join(out))
