@@ -1,8 +1,9 @@
 """The static report's claims checked against what ran: all hold on the built-in model; a run-time change
 turns the right claim red."""
 import torch
-from test_strategies_support import tiny_inputs
+from test_strategies_support import ROOT, tiny_inputs
 
+from tracer.audio import load_clip
 from tracer.confirmation import confirm
 from tracer.discovery import static_report
 from tracer.reporting import clip_record
@@ -16,8 +17,7 @@ def verdicts_for(mutate=None):
     if mutate:
         mutate(model)
     runs = run_strategies(model, report, inputs, RunOptions(1, 0), torch.device("cpu"))
-    clip = {"audio_tokens": inputs.accounting.audio_tokens, "prompt_tokens": inputs.prompt_tokens,
-            "target_tokens": inputs.target_tokens}
+    clip = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)
     return {(v.claim, v.strategy): v for v in confirm(report, runs, clip, {r.path for r in report.tree})}
 
 
@@ -51,4 +51,5 @@ def test_clip_record_round_trip_is_what_confirmation_reads():
 
     from tracer.audio import load_clip
     record = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)
-    assert record["prompt_tokens"] + record["target_tokens"] == inputs.full["input_ids"].shape[1]
+    assert record.prompt_tokens + record.target_tokens == inputs.full["input_ids"].shape[1]
+    assert record.to_dict()["audio_tokens"] == 105 and record.to_dict()["path"].endswith("sample.wav")

@@ -242,3 +242,13 @@ def test_accelerate_offloaded_submodule_traces(tmp_path):
     assert run["model.layers.1"]["outputs"][0] == "1x6x32 float32"
     assert run["model.layers.1.mlp.down_proj"]["calls"] == 1
     assert hook_counts(model) == sum(len(getattr(m, "_forward_hooks")) for m in model.modules())  # accelerate's own
+
+
+def test_hook_module_imports_neither_diagnosis_nor_discovery(root):
+    import subprocess
+    import sys
+    code = ("import sys, torch\nfrom tracer.hooks import Tracer\nm = torch.nn.Linear(2, 2)\n"
+            "with Tracer(m) as tr:\n    m(torch.ones(1, 2)).sum().backward()\ntr.calls(); tr.modules()\n"
+            "print(sorted(n for n in sys.modules if n in ('tracer.diagnosis', 'tracer.discovery')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -31,9 +31,9 @@ def _first(items: tuple):
     return items[0] if items else None
 
 
-def confirm(report: StaticReport, runs: dict, clip: dict | None, static_paths: set[str]) -> list[Verdict]:
+def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> list[Verdict]:
     """Verdicts, refuted ones first. ``report`` is the static report of the model that ran; ``runs`` the
-    RunRecords by strategy."""
+    RunRecords by strategy; ``clip`` the ClipRecord (or None)."""
     out: list[Verdict] = []
     ok = {name: run for name, run in runs.items() if run.ok}
     enc, lm = report.audio_encoder, report.language_model
@@ -53,11 +53,11 @@ def confirm(report: StaticReport, runs: dict, clip: dict | None, static_paths: s
         out.append(_verdict("language model hidden size (last dim of its output)", lm.hidden_size,
                             _last_dim(_first(record.outputs)) if record else None, "full_forward",
                             "the text config's hidden_size does not match what ran"))
-        if clip and clip.get("audio_tokens") is not None:
+        if clip is not None and clip.audio_tokens is not None:
             seq = max((m.shape[1] for m in (record.inputs if record else ())
                        if isinstance(m, TensorMeta) and len(m.shape) == 3), default=None)
-            expected = clip["prompt_tokens"] + clip["target_tokens"]
-            out.append(_verdict(f"LM sequence = prompt + target tokens, {clip['audio_tokens']} of them audio",
+            expected = clip.prompt_tokens + clip.target_tokens
+            out.append(_verdict(f"LM sequence = prompt + target tokens, {clip.audio_tokens} of them audio",
                                 expected, seq, "full_forward",
                                 "audio tokens were not expanded as claimed: the processor and the model "
                                 "disagree on the audio length (check the feature extractor's settings)"))

@@ -87,14 +87,14 @@ class TraceReport:
     def failed(self) -> bool:
         return any(r.status == RUN_FAILED for r in self.runs.values())
 
-    def clip_record(self) -> dict | None:
+    def clip_record(self):  # records.ClipRecord | None
         from .reporting import clip_record
         return None if self.clip is None else clip_record(self.clip.info, self.inputs)
 
     def to_dict(self) -> dict:
         payload = {"schema_version": SCHEMA_VERSION, "model": self.model_info, "static": self.static.to_dict()}
         if self.clip is not None:
-            payload["clip"] = self.clip_record()
+            payload["clip"] = self.clip_record().to_dict()
         if self.comparison is not None:
             payload["runs"] = {n: r.to_dict() for n, r in self.runs.items()}  # calls: Chrome trace only
             payload["comparison"] = self.comparison.to_dict()

@@ -217,6 +217,26 @@ class Comparison:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+@dataclass(frozen=True)
+class ClipRecord:
+    """The clip as the model received it: the file and what was done to it (audio.ClipInfo), and its cost
+    in frames and tokens (the JSON "clip" object)."""
+    info: object  # audio.ClipInfo
+    mel_frames: int
+    mel_frames_padded: int
+    encoder_frames: int | None
+    audio_tokens: int | None
+    padded_fraction: float
+    length_function: str
+    template: str
+    prompt_tokens: int | None
+    target_tokens: int | None
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "info"}
+        return {**self.info.to_dict(), **d}
+
+
 # -- the static report (discovery.py builds these) ------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from .discovery import StaticReport
+from .records import ClipRecord
 from .sections import Section
 from .vocab import COMPONENTS
 
@@ -143,14 +144,12 @@ def _collapse_siblings(rows: list) -> list:
     return out
 
 
-def clip_record(info, inputs) -> dict:
-    """The JSON "clip" object: the file, what was done to it, and its cost in frames and tokens."""
+def clip_record(info, inputs) -> ClipRecord:
+    """The clip record: the file, what was done to it, and its cost in frames and tokens."""
     acc = inputs.accounting
-    return {**info.to_dict(), "mel_frames": acc.mel_frames, "mel_frames_padded": acc.mel_frames_padded,
-            "encoder_frames": acc.encoder_frames, "audio_tokens": acc.audio_tokens,
-            "padded_fraction": acc.padded_fraction, "length_function": acc.length_function,
-            "template": inputs.template, "prompt_tokens": inputs.prompt_tokens,
-            "target_tokens": inputs.target_tokens}
+    return ClipRecord(info, acc.mel_frames, acc.mel_frames_padded, acc.encoder_frames, acc.audio_tokens,
+                      acc.padded_fraction, acc.length_function, inputs.template, inputs.prompt_tokens,
+                      inputs.target_tokens)
 
 
 def render_clip(info, inputs) -> Section:
