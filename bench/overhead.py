@@ -226,6 +226,27 @@ def bench_fidelity(model, inputs, report) -> dict:
     return out
 
 
+def bench_memory_pass(model, inputs, report) -> dict:
+    """The memory pass (TensorMemory + a Tracer reading it) against a plain fwd+bwd of the same step: what
+    it costs on its own. Timed passes never carry it (it is a pass of its own)."""
+    from tracer.strategies import RunOptions, _memory_pass, make_step
+    cpu = torch.device("cpu")
+    out = {}
+    for name in ("audio_tower", "full_forward"):
+        step = make_step(name, model, report, inputs, RunOptions(), cpu)
+        plain, memory = [], []
+        for _ in range(4):
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            step().backward()
+            plain.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            _memory_pass(step, model, cpu)
+            memory.append(time.perf_counter() - t)
+        out[name] = {"plain_ms": statistics.median(plain) * 1e3, "memory_pass_ms": statistics.median(memory) * 1e3}
+    return out
+
+
 def memory_child(variant: str) -> None:
     """In a fresh process (so the allocator has no warm cache): one fwd+bwd, its peak RSS growth."""
     model, inputs, _ = medium_model()
@@ -404,6 +425,7 @@ def main() -> int:
     overhead, (model, inputs, report) = bench_overhead(args.quick)
     results = {"machine": machine(),
                "overhead": overhead, "fidelity": bench_fidelity(model, inputs, report),
+               "memory_pass": bench_memory_pass(model, inputs, report),
                "memory": bench_memory(), "scale": bench_scale(), "gpu": bench_gpu()}
     results["elapsed_s"] = time.perf_counter() - started
     print(render(results))
@@ -455,6 +477,10 @@ def render(r: dict) -> str:
                      f"{f['error_pct']:+.1f} %", "", f"{f['traced_stage_ms']:.0f} vs {f['untraced_forward_ms']:.0f} ms"])
         rows.append([f"fidelity {name}: sum of self times / total forward", f"{f['self_sum_over_total']:.4f}", "1.0",
                      ""])
+    for name, m in r.get("memory_pass", {}).items():
+        rows.append([f"memory pass {name} / plain fwd+bwd (a pass of its own)",
+                     f"{m['memory_pass_ms'] / m['plain_ms']:.2f}×", "",
+                     f"{m['memory_pass_ms']:.0f} vs {m['plain_ms']:.0f} ms; timed passes carry none of it"])
     mem = r["memory"]
     rows.append(["memory: peak RSS growth traced / untraced",
                  f"{mem['peak_rss_traced_bytes'] / max(mem['peak_rss_untraced_bytes'], 1):.2f}×", "",

@@ -85,3 +85,18 @@ def test_builtin_model_is_unchanged_by_tracking():
         model.model.audio_tower(torch.zeros(1, 128, 3000))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not any(p._post_accumulate_grad_hooks for p in model.parameters() if p._post_accumulate_grad_hooks)
+
+
+def test_builtin_strategies_memory_is_saved_bytes_plus_weights_and_every_module_has_it(root):
+    """Issue 16's bar: full_forward peaks above audio_tower, each of the order of what autograd saves plus
+    the weights, and every executed module carries a memory figure on CPU."""
+    from tracer import TraceOptions, trace_clip
+    report = trace_clip(f"{root}/samples/sample.wav", options=TraceOptions(repeats=1, warmup=0))
+    tower, full = report.runs["audio_tower"], report.runs["full_forward"]
+    assert full.peak_memory_bytes > tower.peak_memory_bytes
+    for run in (tower, full):
+        saved = sum(m.saved_bytes for m in run.modules)
+        order = saved + run.memory_split["parameters"]
+        assert 0.5 * order < run.peak_memory_bytes < 2 * order
+        executed = [m for m in run.modules if m.executed]
+        assert all(m.memory_delta_bytes is not None and m.peak_bytes is not None for m in executed)
