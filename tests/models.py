@@ -87,3 +87,19 @@ class Toy(nn.Module):
         if self.fail:
             raise ValueError("boom inside forward")
         return self.tail(hidden=y).last_hidden_state
+
+
+def whisper_with_processor():
+    """A tiny Whisper whose vocabulary is the built-in tokenizer's, with a WhisperProcessor (80 mels): the
+    encoder-decoder layout end to end (the decoder's loss on a target text)."""
+    from transformers import AutoProcessor, WhisperFeatureExtractor, WhisperProcessor
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                           vocab_size=len(tokenizer), num_mel_bins=80, max_source_positions=1500,
+                           max_target_positions=128, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+                           decoder_start_token_id=eos)
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    return WhisperForConditionalGeneration(config).eval(), processor

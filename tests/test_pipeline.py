@@ -79,3 +79,18 @@ def test_trace_clip_leaves_process_warning_filters_alone():
     before = list(warnings.filters)
     trace_clip(options=TraceOptions(static_only=True))
     assert warnings.filters == before
+
+
+def test_static_only_survives_a_clip_the_model_cannot_take(root):
+    """A model whose processor cannot handle the clip: with --static-only the structure is still reported and
+    written, and the clip section says why there are no inputs."""
+    from transformers import SeamlessM4TFeatureExtractor
+    model, processor = models.whisper_with_processor()
+    # an extractor that cannot pad to a fixed length (SeamlessM4T's has no max_length): it raises
+    processor.feature_extractor = SeamlessM4TFeatureExtractor()
+    report = trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=TraceOptions(static_only=True))
+    assert report.clip is None and report.clip_error.startswith("ValueError: When setting ``padding=")
+    payload = report.to_dict()
+    assert payload["static"]["audio_encoder"]["path"] == "model.encoder" and payload["clip_error"] == report.clip_error
+    with pytest.raises(ValueError):  # without --static-only the same failure stops the run
+        trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=FAST)

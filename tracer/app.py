@@ -59,6 +59,10 @@ class TextReport:
             out.emit(f"note: {detail}")
         elif event == "static":
             out.emit(render_static(report.static, depth=args.depth))
+        elif event == "clip" and report.clip_error is not None:
+            from .sections import Section
+            out.emit(Section("CLIP", "could not be prepared (the static report above stands)",
+                             f"  ! {report.clip_error}"))
         elif event == "clip":
             out.emit(render_clip(report.clip.info, report.inputs))
         elif event == "lora":
@@ -67,7 +71,8 @@ class TextReport:
             out.emit(render_run(detail, report.runs[detail], top=args.top, verbose=args.verbose))
         elif event == "done" and report.comparison is not None:
             if args.strategy == "both":
-                out.emit(render_comparison(report.runs, report.comparison, report.inputs.accounting.audio_tokens))
+                tokens = report.inputs.accounting.audio_tokens if report.inputs.audio_in_lm else None
+                out.emit(render_comparison(report.runs, report.comparison, tokens))
             if report.lora_diagnosis is not None:
                 out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis))
             out.emit(render_confirmation(report.verdicts, runs=report.runs))

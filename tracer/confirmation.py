@@ -54,10 +54,13 @@ def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> l
                             _last_dim(_first(record.outputs)) if record else None, "full_forward",
                             "the text config's hidden_size does not match what ran"))
         if clip is not None and clip.audio_tokens is not None:
-            seq = max((m.shape[1] for m in (record.inputs if record else ())
-                       if isinstance(m, TensorMeta) and len(m.shape) == 3), default=None)
+            # the LM's output has one position per token it consumed (its inputs may also carry an
+            # encoder's states, cross-attended by an encoder-decoder's decoder)
+            last = _first(record.outputs) if record else None
+            seq = last.shape[1] if isinstance(last, TensorMeta) and len(last.shape) == 3 else None
             expected = clip.prompt_tokens + clip.target_tokens
-            out.append(_verdict(f"LM sequence = prompt + target tokens, {clip.audio_tokens} of them audio",
+            audio = f"{clip.audio_tokens} of them audio" if clip.audio_in_lm else "the audio cross-attended"
+            out.append(_verdict(f"LM sequence = prompt + target tokens, {audio}",
                                 expected, seq, "full_forward",
                                 "audio tokens were not expanded as claimed: the processor and the model "
                                 "disagree on the audio length (check the feature extractor's settings)"))
@@ -95,8 +98,8 @@ def _verdict(claim, claimed, observed, strategy, todo) -> Verdict:
 
 def _components_verdict(name: str, run: dict, report: StaticReport) -> Verdict:
     ran = {c for c, s in run.stages.items() if s.modules_executed and c != "other"}
-    claimed = {"audio_encoder"} if name == "audio_tower" else {
-        c for c, n in report.components.items() if n and c != "other"}
+    # NB: by modules, not parameters: a head tied to the embeddings owns none but still runs
+    claimed = {"audio_encoder"} if name == "audio_tower" else set(report.component_of.values()) - {"other"}
     good = ran == claimed
     return Verdict("components the strategy runs", ", ".join(sorted(claimed)), ", ".join(sorted(ran)),
                    CONFIRMED if good else REFUTED, name,

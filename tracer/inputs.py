@@ -32,8 +32,9 @@ class ModelInputs:
     full: dict | None  # kwargs for the whole model, labels included; None when it takes no text
     accounting: AudioAccounting
     template: str
-    prompt_tokens: int
-    target_tokens: int
+    prompt_tokens: int  # LM positions before the target (the audio's tokens among them when audio_in_lm)
+    target_tokens: int  # LM positions the loss is on
+    audio_in_lm: bool = True  # False for encoder-decoder models: the decoder cross-attends the encoder
 
 
 def feature_extractor_of(processor):
@@ -42,8 +43,14 @@ def feature_extractor_of(processor):
 
 def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
                    target: str = DEFAULT_TARGET) -> ModelInputs:
-    """Build both strategies' inputs from one clip, exactly as the checkpoint's processor prepares them."""
-    import torch
+    """Build both strategies' inputs from one clip, as the model's family takes them (families.py)."""
+    from .families import family_of
+    return family_of(model).build(processor, model, encoder, clip, prompt, target)
+
+
+def encoder_features(processor, encoder, clip: Clip):
+    """The encoder's input features for the clip, through the processor's feature extractor, and the
+    accounting of frames. Whisper-style extractors pad to their window (30 s, 3000 frames)."""
     fe = feature_extractor_of(processor)
     feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_attention_mask=True,
                padding="max_length", return_tensors="pt")
@@ -52,6 +59,14 @@ def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_
     if accounting.audio_tokens is not None and accounting.audio_tokens < 1:
         raise TracerError(f"{clip.info.path}: {clip.info.used_duration_s * 1000:.0f} ms is shorter than one "
                           f"encoder frame ({accounting.mel_frames} mel frames give no audio token)")
+    return features, accounting
+
+
+def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Decoder-only audio LMs (Qwen2-Audio and its kin): the audio's tokens sit in the prompt, the loss is
+    on the target answer after it."""
+    import torch
+    features, accounting = encoder_features(processor, encoder, clip)
     tower = {"input_features": features}
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or not hasattr(processor, "audio_token"):

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import TracerError
+from .errors import TracerError, first_line
 from .schema import SCHEMA_VERSION
 from .vocab import LOSSES, RUN_FAILED, STRATEGIES
 
@@ -82,6 +82,7 @@ class TraceReport:
     comparison: Any = None  # records.Comparison
     verdicts: list = field(default_factory=list)  # confirmation.Verdict, refuted first
     lora_diagnosis: dict | None = None
+    clip_error: str | None = None  # with static_only: why the clip's inputs could not be prepared
 
     @property
     def failed(self) -> bool:
@@ -95,6 +96,8 @@ class TraceReport:
         payload = {"schema_version": SCHEMA_VERSION, "model": self.model_info, "static": self.static.to_dict()}
         if self.clip is not None:
             payload["clip"] = self.clip_record().to_dict()
+        if self.clip_error is not None:
+            payload["clip_error"] = self.clip_error
         if self.comparison is not None:
             payload["runs"] = {n: r.to_dict() for n, r in self.runs.items()}  # calls: Chrome trace only
             payload["comparison"] = self.comparison.to_dict()
@@ -153,7 +156,9 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
         from .loading import BUILTIN_CLIP
         clip = str(BUILTIN_CLIP)
     if clip is not None:
-        trace.clip, trace.inputs = _load_inputs(clip, loaded, report, options, trace, observe)
+        audio, inputs = _load_inputs(clip, loaded, report, options, trace, observe)
+        if inputs is not None:
+            trace.clip, trace.inputs = audio, inputs
         observe("clip", trace, None)
     if not options.static_only:
         _run(trace, loaded, options, device, observe)
@@ -196,7 +201,7 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: TraceR
                               "to run its text path: nothing to run on the clip; add --static-only for its structure")
         _note(trace, observe, "no audio encoder: the clip is read for the record, full_forward runs on the text alone")
         audio = load_clip(clip, 16000, offset=options.offset, duration=options.duration)
-        return audio, prepare_text_inputs(tokenizer, prompt, target)
+        return audio, _prepared(lambda: prepare_text_inputs(tokenizer, prompt, target), trace, options)
     processor, note = processor_for(loaded)
     if note:
         _note(trace, observe, note)
@@ -204,7 +209,23 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: TraceR
     audio = load_clip(clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", 30)),
                       offset=options.offset, duration=options.duration)
     encoder = dict(loaded.model.named_modules())[report.audio_encoder.path]
-    return audio, prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt, target=target)
+    return audio, _prepared(lambda: prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt,
+                                                   target=target), trace, options)
+
+
+def _prepared(prepare, trace: TraceReport, options: TraceOptions):
+    """The model's inputs for a clip that was read fine. With static_only a processor that fails on it is
+    recorded, not raised: the structure is still worth its report and its JSON. Bad input (TracerError: a
+    clip too short for one encoder frame, a --target too long) is refused as always."""
+    try:
+        return prepare()
+    except TracerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the processor raises
+        if not options.static_only:
+            raise
+        trace.clip_error = f"{type(e).__name__}: {first_line(e)}"
+        return None
 
 
 def _run(trace: TraceReport, loaded, options: TraceOptions, device, observe: Observer) -> None:

@@ -231,9 +231,10 @@ class ClipRecord:
     template: str
     prompt_tokens: int | None
     target_tokens: int | None
+    audio_in_lm: bool = True  # False: an encoder-decoder's decoder cross-attends the audio
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "info"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("info", "audio_in_lm")}
         return {**self.info.to_dict(), **d}
 
 

@@ -75,7 +75,8 @@ def render_comparison(runs: dict, comparison, audio_tokens) -> Section:
         row("modules executed", lambda r: r.modules_executed, lambda v: f"{v} of {tower.modules_registered}",
             full.modules_executed / tower.modules_executed if tower.modules_executed else None),
         row("params executed", lambda r: r.params_executed, lambda v: f"{v:,}", comparison.params_ratio_full_over_tower),
-        ["audio tokens", str(audio_tokens), str(audio_tokens), ""],
+        ["audio tokens", str(audio_tokens), str(audio_tokens), ""] if audio_tokens is not None else
+        ["audio tokens", "-", "-", "none in the LM: its decoder cross-attends the encoder"],
     ]
     out = [tabulate(rows, headers=["", "audio_tower", "full_forward", "full / tower"], tablefmt="simple",
                     disable_numparse=True),

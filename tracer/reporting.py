@@ -149,7 +149,7 @@ def clip_record(info, inputs) -> ClipRecord:
     acc = inputs.accounting
     return ClipRecord(info, acc.mel_frames, acc.mel_frames_padded, acc.encoder_frames, acc.audio_tokens,
                       acc.padded_fraction, acc.length_function, inputs.template, inputs.prompt_tokens,
-                      inputs.target_tokens)
+                      inputs.target_tokens, inputs.audio_in_lm)
 
 
 def render_clip(info, inputs) -> Section:
@@ -163,10 +163,14 @@ def render_clip(info, inputs) -> Section:
         ["encoder input", f"{acc.mel_frames:,} mel frames of {acc.mel_frames_padded:,} "
                           f"({acc.padded_fraction:.1%} padding)"],
         ["audio tokens", f"{_n(acc.audio_tokens)} (encoder frames {_n(acc.encoder_frames)}; "
-                         f"by {acc.length_function})"],
+                         f"by {acc.length_function})"] if inputs.audio_in_lm else
+        ["encoder frames", f"{_n(acc.encoder_frames)} hold the clip (by {acc.length_function}); no audio "
+                           "tokens in the LM: its decoder cross-attends the encoder"],
     ]
-    if inputs.full is not None:
+    if inputs.full is not None and inputs.audio_in_lm:
         rows.append(["full_forward text", f"{inputs.prompt_tokens:,} prompt tokens (audio included) + "
                                           f"{inputs.target_tokens:,} target tokens, {inputs.template}"])
+    elif inputs.full is not None:
+        rows.append(["full_forward text", f"{inputs.target_tokens:,} decoder tokens, {inputs.template}"])
     out = [tabulate(rows, tablefmt="plain")] + [f"  ! {w}" for w in info.warnings]
     return Section("CLIP", "The audio as the model receives it", "\n".join(out))

@@ -1,0 +1,72 @@
+"""The family layer: each family's inputs end to end through trace_clip, with real tiny models."""
+import models
+import pytest
+import torch
+
+from tracer import TraceOptions, trace_clip
+from tracer.families import family_of
+
+FAST = TraceOptions(repeats=1, warmup=0)
+
+
+def test_families_are_matched_by_the_wrapped_model():
+    from peft import LoraConfig, get_peft_model
+    builtin = models.builtin_model()
+    assert family_of(builtin).name == "qwen2_audio"
+    assert family_of(get_peft_model(builtin, LoraConfig(target_modules=["q_proj"]))).name == "qwen2_audio"
+    assert family_of(models.whisper()).name == "whisper"
+    assert family_of(models.text_only_lm()).name == "generic"
+
+
+@pytest.fixture(scope="module")
+def whisper_report(root):
+    model, processor = models.whisper_with_processor()
+    return trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=FAST)
+
+
+def test_whisper_full_forward_is_encoder_plus_decoder_on_the_target(whisper_report):
+    r = whisper_report
+    assert (r.static.audio_encoder.path, r.static.language_model.path) == ("model.encoder", "model.decoder")
+    tower, full = r.runs["audio_tower"], r.runs["full_forward"]
+    assert tower.ok and full.ok
+    assert not any(p.startswith("base_model.model.model.decoder") for p in tower.executed_paths())
+    assert {"base_model.model.model.decoder.layers.1.encoder_attn", "base_model.model.proj_out"} <= full.executed_paths()
+    # the decoder consumed exactly the target's tokens (less the start token the model puts back)
+    target_ids = r.inputs.full["labels"]
+    assert r.inputs.target_tokens == target_ids.shape[1] and r.inputs.prompt_tokens == 0
+    decoder = full.module("base_model.model.model.decoder")
+    assert decoder.outputs[0].shape == (1, target_ids.shape[1], 32)
+    assert not r.inputs.audio_in_lm and r.inputs.accounting.encoder_frames == 211
+
+
+def test_whisper_decoder_lora_is_diagnosed(whisper_report):
+    r = whisper_report
+    assert r.runs["audio_tower"].lora_summary == {"audio_encoder": {"zero_init": 12},
+                                                  "language_model": {"not_executed": 20}}
+    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"zero_init": 12},
+                                                   "language_model": {"zero_init": 20}}
+
+
+def test_whisper_claims_all_hold(whisper_report):
+    verdicts = {(v.claim, v.strategy): v for v in whisper_report.verdicts}
+    assert "refuted" not in {v.verdict for v in verdicts.values()}
+    seq = verdicts[("LM sequence = prompt + target tokens, the audio cross-attended", "full_forward")]
+    assert seq.verdict == "confirmed" and seq.observed == str(whisper_report.inputs.target_tokens)
+
+
+def test_whisper_loss_is_the_decoders_cross_entropy_on_the_target(whisper_report):
+    """Independently: the same model, the same features and labels, plain transformers."""
+    model = whisper_report.model
+    full = whisper_report.inputs.full
+    with torch.no_grad():
+        logits = model(input_features=full["input_features"], labels=full["labels"]).logits
+    expected = torch.nn.functional.cross_entropy(logits[0], full["labels"][0])
+    assert whisper_report.runs["full_forward"].loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_whisper_target_longer_than_the_decoder_is_one_line(root):
+    from tracer import TracerError
+    model, processor = models.whisper_with_processor()
+    with pytest.raises(TracerError, match=r"--target: \d+ tokens, but the decoder takes at most 128"):
+        trace_clip(f"{root}/samples/sample.wav", model, processor=processor,
+                   options=TraceOptions(repeats=1, warmup=0, target="word " * 200))

@@ -1,0 +1,78 @@
+"""How each audio-LM family takes a clip, in one entry per family: the encoder's inputs, the whole model's
+inputs and labels, and where the clip's length goes. A model is matched by its class (PEFT wrapper
+unwrapped); anything else goes through the generic entry, which follows the processor as Qwen2-Audio's
+does.
+
+Covered so far: Qwen2-Audio (and the generic audio-in-prompt path), Whisper (encoder-decoder: the
+decoder's loss on the target text). The other families of transformers 5.x come as entries here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .audio import Clip
+from .errors import TracerError
+from .inputs import ModelInputs, audio_in_prompt_inputs, encoder_features
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    classes: tuple  # model class names this entry covers
+    build: Callable  # (processor, model, encoder, clip, prompt, target) -> ModelInputs
+    what_runs: str  # for the README's table and the report: what full_forward runs on
+
+
+def encoder_decoder_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Whisper-style: the encoder on the mel features; full_forward is encoder + decoder with labels on the
+    target text (the model shifts them right into the decoder's inputs), as in HF's fine-tuning recipe.
+    The prompt does not apply: the decoder's task tokens come with the tokenizer."""
+    features, accounting = encoder_features(processor, encoder, clip)
+    tower = {"input_features": features}
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        return ModelInputs(tower, None, accounting, "none (the processor has no tokenizer for the decoder)", 0, 0,
+                           audio_in_lm=False)
+    labels = tokenizer(target, return_tensors="pt")["input_ids"]
+    config = getattr(model, "config", None)
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is not None and labels.shape[1] > 1 and int(labels[0, 0]) == start:
+        labels = labels[:, 1:]  # the model puts the start token back when it shifts the labels
+    limit = getattr(config, "max_target_positions", None)
+    if limit is not None and labels.shape[1] > limit:
+        raise TracerError(f"--target: {labels.shape[1]} tokens, but the decoder takes at most {limit}: "
+                          "use a shorter --target")
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and int(labels.max()) >= vocab:
+        raise TracerError(f"the tokenizer gives ids up to {int(labels.max())} but the decoder's vocabulary has "
+                          f"{vocab}: this processor does not fit the checkpoint")
+    full = {"input_features": features, "labels": labels}
+    frames = _encoder_frames(encoder, features.shape[-1])
+    return ModelInputs(tower, full, accounting, f"labels on the target text; the decoder cross-attends all "
+                       f"{frames} encoder frames (padding included)", 0, labels.shape[1], audio_in_lm=False)
+
+
+def _encoder_frames(encoder, mel_frames: int) -> str:
+    import torch
+    length_fn = getattr(encoder, "_get_feat_extract_output_lengths", None)
+    if length_fn is None:
+        return "its"
+    out = length_fn(torch.tensor([mel_frames]))
+    return f"{int(out[0] if isinstance(out, tuple) else out):,}"
+
+
+GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in the prompt, loss on the target")
+FAMILIES = (
+    Family("qwen2_audio", ("Qwen2AudioForConditionalGeneration",), audio_in_prompt_inputs,
+           "the audio's tokens in the prompt, loss on the target"),
+    Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
+           "encoder + decoder, loss on the target text"),
+)
+
+
+def family_of(model) -> Family:
+    """The entry for ``model`` (a PeftModel is matched by the model it wraps)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PeftModel's own
+    name = type(base).__name__
+    return next((f for f in FAMILIES if name in f.classes), GENERIC)
