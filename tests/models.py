@@ -103,3 +103,17 @@ def whisper_with_processor():
                            decoder_start_token_id=eos)
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
     return WhisperForConditionalGeneration(config).eval(), processor
+
+
+def upstream_qwen2_audio():
+    """Qwen2-Audio as transformers' own test suite configures it (tests/models/qwen2_audio): an encoder of
+    30 positions (60 mel frames, 80 mels) and a 99-token vocabulary; no processor ships with it."""
+    torch.manual_seed(0)
+    config = Qwen2AudioConfig(
+        text_config={"model_type": "qwen2", "intermediate_size": 36, "hidden_size": 32, "max_position_embeddings": 52,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 99},
+        audio_config={"model_type": "qwen2_audio_encoder", "d_model": 16, "encoder_attention_heads": 4,
+                      "encoder_ffn_dim": 16, "encoder_layers": 2, "num_mel_bins": 80, "max_source_positions": 30},
+        audio_token_index=0)
+    from transformers import Qwen2AudioForConditionalGeneration
+    return Qwen2AudioForConditionalGeneration(config).eval()

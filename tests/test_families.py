@@ -70,3 +70,39 @@ def test_whisper_target_longer_than_the_decoder_is_one_line(root):
     with pytest.raises(TracerError, match=r"--target: \d+ tokens, but the decoder takes at most 128"):
         trace_clip(f"{root}/samples/sample.wav", model, processor=processor,
                    options=TraceOptions(repeats=1, warmup=0, target="word " * 200))
+
+
+def test_whisper_checkpoint_directory_through_the_cli(tmp_path, capsys, root):
+    from tracer.cli import main
+    model, processor = models.whisper_with_processor()
+    model.save_pretrained(tmp_path / "whisper")
+    processor.save_pretrained(tmp_path / "whisper")
+    out = tmp_path / "r.json"
+    assert main([f"{root}/samples/sample.wav", "--model", str(tmp_path / "whisper"), "--repeats", "1",
+                 "--warmup", "0", "--json", str(out), "--quiet"]) == 0
+    import json
+    data = json.loads(out.read_text())
+    assert {n: r["status"] for n, r in data["runs"].items()} == {"audio_tower": "ok", "full_forward": "ok"}
+    assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"zero_init": 20}
+    assert all(v["verdict"] != "refuted" for v in data["confirmation"])
+
+
+def test_upstream_qwen2_audio_test_config_runs_its_60_frame_encoder(tmp_path, capsys, root):
+    """No processor ships with it: the feature extractor is fitted to the encoder (80 mels, 60 frames), and
+    full_forward says why it cannot run (no tokenizer fits a 99-token vocabulary) instead of crashing."""
+    from tracer.cli import main
+    models.upstream_qwen2_audio().save_pretrained(tmp_path / "upstream")
+    out = tmp_path / "r.json"
+    assert main([f"{root}/samples/sample.wav", "--model", str(tmp_path / "upstream"), "--repeats", "1",
+                 "--warmup", "0", "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "fitted to its encoder (80 mels, 60 frames = 0.6 s)" in stdout
+    import json
+    data = json.loads(out.read_text())
+    tower = data["runs"]["audio_tower"]
+    assert tower["status"] == "ok"
+    encoder = next(m for m in tower["modules"] if m["path"] == "base_model.model.model.audio_tower")
+    assert encoder["inputs"][0] == "1x80x60 float32"
+    assert data["clip"]["audio_tokens"] == 15 and data["clip"]["mel_frames"] == 60
+    full = data["runs"]["full_forward"]
+    assert full["status"] == "not_applicable" and "no tokenizer fits its 99-token vocabulary" in full["reason"]

@@ -35,6 +35,7 @@ class ModelInputs:
     prompt_tokens: int  # LM positions before the target (the audio's tokens among them when audio_in_lm)
     target_tokens: int  # LM positions the loss is on
     audio_in_lm: bool = True  # False for encoder-decoder models: the decoder cross-attends the encoder
+    no_full_reason: str = "the processor builds no text input for this model"  # when full is None
 
 
 def feature_extractor_of(processor):
@@ -71,6 +72,11 @@ def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, t
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or not hasattr(processor, "audio_token"):
         return ModelInputs(tower, None, accounting, "none (the processor takes no text)", 0, 0)
+    vocab = _text_vocab_size(model)
+    if vocab is not None and len(tokenizer) > vocab:
+        reason = (f"no tokenizer fits its {vocab:,}-token vocabulary (this one has {len(tokenizer):,}): "
+                  "the checkpoint ships none; pass a directory that has its tokenizer")
+        return ModelInputs(tower, None, accounting, "none (no tokenizer fits)", 0, 0, no_full_reason=reason)
 
     messages = [{"role": "user", "content": [{"type": "audio", "audio": clip.info.path},
                                              {"type": "text", "text": prompt}]}]
@@ -89,6 +95,12 @@ def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, t
             "feature_attention_mask": encoded["feature_attention_mask"], "labels": labels}
     _remap_audio_token(processor, model, full)
     return ModelInputs(tower, full, accounting, template, encoded["input_ids"].shape[1], target_ids.shape[1])
+
+
+def _text_vocab_size(model) -> int | None:
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "vocab_size", None)
 
 
 def _account(encoder, mel_frames: int, padded: int) -> AudioAccounting:

@@ -175,13 +175,43 @@ def input_device(model, default):
     return first.device if first is not None else default
 
 
-def processor_for(loaded: LoadedModel):
-    """The checkpoint's processor, else the built-in tiny model's (WhisperFeatureExtractor, 128 mels)."""
+def processor_for(loaded: LoadedModel, encoder=None):
+    """The checkpoint's processor; else the built-in one with its feature extractor fitted to ``encoder``'s
+    config (mel bins, and the frames its positions allow), so a small encoder gets the input it expects."""
     if loaded.processor is not None:
         return loaded.processor, None
     from transformers import AutoProcessor
-    return (AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR),
-            "this model has no processor: using the built-in one (WhisperFeatureExtractor, 128 mels)")
+    processor = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
+    fe = processor.feature_extractor
+    fitted = _fit_feature_extractor(fe, encoder)
+    if fitted is None:
+        return processor, "this model has no processor: using the built-in one (WhisperFeatureExtractor, 128 mels)"
+    processor.feature_extractor = fitted
+    return processor, (f"this model has no processor: using a WhisperFeatureExtractor fitted to its encoder "
+                       f"({fitted.feature_size} mels, {fitted.nb_max_frames} frames = {fitted.chunk_length:g} s) "
+                       "and the built-in tokenizer")
+
+
+def _fit_feature_extractor(fe, encoder):
+    """A copy of ``fe`` with the encoder's mel bins and window (positions x the convs' strides, as
+    Whisper-style encoders check), or None when it already fits or the encoder says nothing."""
+    config = getattr(encoder, "config", None)
+    mels, positions = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
+    if not mels or not positions:
+        return None
+    stride = 1
+    for conv in ("conv1", "conv2"):
+        stride *= getattr(getattr(encoder, conv, None), "stride", (1,))[0]
+    frames = positions * stride
+    if (mels, frames) == (fe.feature_size, fe.nb_max_frames):
+        return None
+    from transformers import WhisperFeatureExtractor
+    fitted = WhisperFeatureExtractor(feature_size=mels, sampling_rate=fe.sampling_rate, hop_length=fe.hop_length,
+                                     n_fft=fe.n_fft, padding_value=fe.padding_value)
+    fitted.nb_max_frames = frames
+    fitted.n_samples = frames * fe.hop_length
+    fitted.chunk_length = fitted.n_samples / fe.sampling_rate
+    return fitted
 
 
 def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_remote_code: bool) -> LoadedModel:

@@ -202,13 +202,13 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: TraceR
         _note(trace, observe, "no audio encoder: the clip is read for the record, full_forward runs on the text alone")
         audio = load_clip(clip, 16000, offset=options.offset, duration=options.duration)
         return audio, _prepared(lambda: prepare_text_inputs(tokenizer, prompt, target), trace, options)
-    processor, note = processor_for(loaded)
+    encoder = dict(loaded.model.named_modules())[report.audio_encoder.path]
+    processor, note = processor_for(loaded, encoder)
     if note:
         _note(trace, observe, note)
     fe = feature_extractor_of(processor)
     audio = load_clip(clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", 30)),
                       offset=options.offset, duration=options.duration)
-    encoder = dict(loaded.model.named_modules())[report.audio_encoder.path]
     return audio, _prepared(lambda: prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt,
                                                    target=target), trace, options)
 

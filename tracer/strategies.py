@@ -231,7 +231,7 @@ def run_strategies(model, report: StaticReport, inputs, options: RunOptions, dev
                                                               "nothing to run alone")
             continue
         if name == "full_forward" and inputs.full is None:
-            runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason="the processor builds no text input for this model")
+            runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason=inputs.no_full_reason)
             continue
         try:
             runs[name] = run_strategy(name, model, report, inputs, options, device)
