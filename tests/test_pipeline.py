@@ -84,13 +84,14 @@ def test_trace_clip_leaves_process_warning_filters_alone():
 def test_static_only_survives_a_clip_the_model_cannot_take(root):
     """A model whose processor cannot handle the clip: with --static-only the structure is still reported and
     written, and the clip section says why there are no inputs."""
-    from transformers import SeamlessM4TFeatureExtractor
-    model, processor = models.whisper_with_processor()
-    # an extractor that cannot pad to a fixed length (SeamlessM4T's has no max_length): it raises
-    processor.feature_extractor = SeamlessM4TFeatureExtractor()
+    loaded = models.builtin_loaded()
+    model, processor = loaded.model, loaded.processor
+    # a chat template with no place for the audio: the processor refuses the clip
+    processor.chat_template = "{% for m in messages %}{{ m['content'][1]['text'] }}{% endfor %}"
     report = trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=TraceOptions(static_only=True))
-    assert report.clip is None and report.clip_error.startswith("ValueError: When setting ``padding=")
+    assert report.clip is None
+    assert report.clip_error.startswith("ValueError: The total number of <|AUDIO|> tokens in the prompts")
     payload = report.to_dict()
-    assert payload["static"]["audio_encoder"]["path"] == "model.encoder" and payload["clip_error"] == report.clip_error
+    assert payload["static"]["audio_encoder"]["path"] == "model.audio_tower" and payload["clip_error"] == report.clip_error
     with pytest.raises(ValueError):  # without --static-only the same failure stops the run
         trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=FAST)

@@ -28,8 +28,8 @@ def encoder_decoder_inputs(processor, model, encoder, clip: Clip, prompt: str, t
     """Whisper-style: the encoder on the mel features; full_forward is encoder + decoder with labels on the
     target text (the model shifts them right into the decoder's inputs), as in HF's fine-tuning recipe.
     The prompt does not apply: the decoder's task tokens come with the tokenizer."""
-    features, accounting = encoder_features(processor, encoder, clip)
-    tower = {"input_features": features}
+    tower, accounting = encoder_features(processor, encoder, clip)
+    features = tower["input_features"]
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         return ModelInputs(tower, None, accounting, "none (the processor has no tokenizer for the decoder)", 0, 0,

@@ -50,27 +50,45 @@ def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_
 
 
 def encoder_features(processor, encoder, clip: Clip):
-    """The encoder's input features for the clip, through the processor's feature extractor, and the
-    accounting of frames. Whisper-style extractors pad to their window (30 s, 3000 frames)."""
+    """The encoder's inputs for the clip, through the processor's feature extractor, and the accounting of
+    frames. Whisper-style extractors pad to their window (30 s, 3000 frames); a mask goes along under the
+    name the encoder's forward takes (``input_features_mask`` for AudioFlamingo3)."""
     fe = feature_extractor_of(processor)
+    fixed_window = getattr(fe, "n_samples", None) is not None  # Whisper-style: pad to the window
     feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_attention_mask=True,
-               padding="max_length", return_tensors="pt")
+               padding="max_length" if fixed_window else True, return_tensors="pt")
     features, mask = feats["input_features"], feats["attention_mask"]
     accounting = _account(encoder, int(mask.sum()), features.shape[-1])
     if accounting.audio_tokens is not None and accounting.audio_tokens < 1:
         raise TracerError(f"{clip.info.path}: {clip.info.used_duration_s * 1000:.0f} ms is shorter than one "
                           f"encoder frame ({accounting.mel_frames} mel frames give no audio token)")
-    return features, accounting
+    tower = {"input_features": features}
+    mask_name = next((n for n in MASK_NAMES if n in _parameters(encoder)), None)
+    if mask_name is not None:
+        tower[mask_name] = mask
+    return tower, accounting
+
+
+MASK_NAMES = ("input_features_mask", "feature_attention_mask")  # masks an encoder needs along its features
+
+
+def _parameters(module) -> set:
+    import inspect
+    try:
+        return set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
-    """Decoder-only audio LMs (Qwen2-Audio and its kin): the audio's tokens sit in the prompt, the loss is
-    on the target answer after it."""
+    """Decoder-only audio LMs (Qwen2-Audio, AudioFlamingo3 and their kin): the processor puts the audio's
+    tokens in the prompt (its own audio token, its own chat template); the loss is on the target after it.
+    What the model gets is what the processor made, less what its forward does not take."""
     import torch
-    features, accounting = encoder_features(processor, encoder, clip)
-    tower = {"input_features": features}
+    tower, accounting = encoder_features(processor, encoder, clip)
     tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is None or not hasattr(processor, "audio_token"):
+    audio_token = getattr(processor, "audio_token", None)
+    if tokenizer is None or audio_token is None:
         return ModelInputs(tower, None, accounting, "none (the processor takes no text)", 0, 0)
     vocab = _text_vocab_size(model)
     if vocab is not None and len(tokenizer) > vocab:
@@ -82,17 +100,19 @@ def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, t
                                              {"type": "text", "text": prompt}]}]
     if getattr(processor, "chat_template", None):
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        template, end = "the checkpoint's chat template", "<|im_end|>"
+        template = "the checkpoint's chat template"
     else:
-        text = BUILTIN_TEMPLATE.format(prompt=prompt)
-        template, end = "built-in template " + BUILTIN_TEMPLATE, tokenizer.eos_token or ""
+        pattern = BUILTIN_TEMPLATE if audio_token == "<|AUDIO|>" else audio_token + "{prompt}"
+        text = pattern.format(prompt=prompt)
+        template = "built-in template " + pattern
+    end = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else (tokenizer.eos_token or "")
     encoded = processor(text=text, audio=clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
     target_ids = tokenizer(target + end, add_special_tokens=False, return_tensors="pt")["input_ids"]
     input_ids = torch.cat([encoded["input_ids"], target_ids], dim=1)
     labels = torch.cat([torch.full_like(encoded["input_ids"], IGNORE_INDEX), target_ids], dim=1)
-    full = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "input_features": encoded["input_features"],
-            "feature_attention_mask": encoded["feature_attention_mask"], "labels": labels}
+    takes = _parameters(model)
+    full = {k: v for k, v in encoded.items() if k in takes and k not in ("input_ids", "attention_mask", "labels")}
+    full.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels)
     _remap_audio_token(processor, model, full)
     return ModelInputs(tower, full, accounting, template, encoded["input_ids"].shape[1], target_ids.shape[1])
 
