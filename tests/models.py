@@ -117,3 +117,26 @@ def upstream_qwen2_audio():
         audio_token_index=0)
     from transformers import Qwen2AudioForConditionalGeneration
     return Qwen2AudioForConditionalGeneration(config).eval()
+
+
+def audioflamingo3_with_processor():
+    """A tiny AudioFlamingo3 (Whisper-style encoder with a mask, Qwen2 LM, the processor's own <sound>
+    token) whose vocabulary is the built-in tokenizer's plus <sound>."""
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+        AutoProcessor,
+        WhisperFeatureExtractor,
+    )
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<sound>"]})
+    torch.manual_seed(0)
+    config = AudioFlamingo3Config(
+        audio_config={"num_mel_bins": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+                      "hidden_size": 32, "max_source_positions": 1500},
+        text_config={"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer)},
+        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"))
+    processor = AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
+    return AudioFlamingo3ForConditionalGeneration(config).eval(), processor

@@ -106,3 +106,19 @@ def test_upstream_qwen2_audio_test_config_runs_its_60_frame_encoder(tmp_path, ca
     assert data["clip"]["audio_tokens"] == 15 and data["clip"]["mel_frames"] == 60
     full = data["runs"]["full_forward"]
     assert full["status"] == "not_applicable" and "no tokenizer fits its 99-token vocabulary" in full["reason"]
+
+
+def test_audioflamingo3_takes_its_mask_and_its_own_audio_token(root):
+    """The encoder needs input_features_mask (not Qwen2-Audio's feature_attention_mask) and the prompt
+    needs <sound>, expanded by the processor: both strategies run and every claim holds."""
+    model, processor = models.audioflamingo3_with_processor()
+    assert family_of(model).name == "audioflamingo3"
+    r = trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=FAST)
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    assert set(r.inputs.tower) == {"input_features", "input_features_mask"}
+    assert "input_features_mask" in r.inputs.full and "feature_attention_mask" not in r.inputs.full
+    sound = processor.audio_token_id
+    assert int((r.inputs.full["input_ids"] == sound).sum()) == r.inputs.accounting.audio_tokens == 105
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"zero_init": 12},
+                                                   "language_model": {"zero_init": 6}}

@@ -3,8 +3,8 @@ inputs and labels, and where the clip's length goes. A model is matched by its c
 unwrapped); anything else goes through the generic entry, which follows the processor as Qwen2-Audio's
 does.
 
-Covered so far: Qwen2-Audio (and the generic audio-in-prompt path), Whisper (encoder-decoder: the
-decoder's loss on the target text). The other families of transformers 5.x come as entries here.
+Covered so far: Qwen2-Audio and AudioFlamingo3 (the audio-in-prompt path, which follows the processor:
+its audio token, its masks), Whisper (encoder-decoder: the decoder's loss on the target text). The other families of transformers 5.x come as entries here.
 """
 from __future__ import annotations
 
@@ -66,6 +66,8 @@ GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in t
 FAMILIES = (
     Family("qwen2_audio", ("Qwen2AudioForConditionalGeneration",), audio_in_prompt_inputs,
            "the audio's tokens in the prompt, loss on the target"),
+    Family("audioflamingo3", ("AudioFlamingo3ForConditionalGeneration", "MusicFlamingoForConditionalGeneration"),
+           audio_in_prompt_inputs, "the audio's <sound> tokens in the prompt, loss on the target"),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
 )
