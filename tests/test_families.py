@@ -122,3 +122,39 @@ def test_audioflamingo3_takes_its_mask_and_its_own_audio_token(root):
     assert "refuted" not in {v.verdict for v in r.verdicts}
     assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"zero_init": 12},
                                                    "language_model": {"zero_init": 6}}
+
+
+def _importable(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(_importable("torchaudio"), reason="torchaudio is installed here")
+def test_a_processor_needing_a_missing_package_is_named_not_replaced(tmp_path, capsys, root):
+    """A checkpoint that ships Granite Speech's processor, which needs torchaudio: one line naming the
+    package and how to install it, exit 2 (not the built-in processor in its place)."""
+    import json
+
+    from tracer.cli import main
+    directory = tmp_path / "granite"
+    models.upstream_qwen2_audio().save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(
+        {"feature_extractor_type": "GraniteSpeechFeatureExtractor", "processor_class": "GraniteSpeechProcessor"}))
+    capsys.readouterr()  # the save's progress bar
+    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --model {directory}: its processor needs torchaudio, which is not installed: "
+                   "pip install torchaudio (or pip install -e '.[granite]')\n")
+
+
+def test_a_shipped_processor_that_does_not_load_is_an_error(tmp_path, capsys, root):
+    import json
+
+    from tracer.cli import main
+    directory = tmp_path / "broken"
+    models.upstream_qwen2_audio().save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "NoSuchExtractor"}))
+    capsys.readouterr()  # the save's progress bar
+    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --model {directory}: its processor does not load (") and err.count("\n") == 1

@@ -159,14 +159,40 @@ class _quiet_transformers:
             hf_logging.enable_progress_bar()
 
 
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# packages a family's processor may need, and the extra of ours that installs them
+PROCESSOR_EXTRAS = {"torchaudio": "granite", "mistral-common": "families", "mistral_common": "families",
+                    "sentencepiece": "families", "timm": "families"}
+
+
 def _load_processor(directory: Path, trust_remote_code: bool):
+    """The checkpoint's own processor, or None when it ships none. One it ships but that cannot load is an
+    error naming why (a missing package above all), never a silent substitute."""
     from transformers import AutoFeatureExtractor, AutoProcessor
+    ships_one = any((directory / f).is_file() for f in PROCESSOR_FILES)
+    failure = None
     for loader in (AutoProcessor, AutoFeatureExtractor):
         try:
             return loader.from_pretrained(directory, trust_remote_code=trust_remote_code)
-        except Exception:  # noqa: BLE001 - a checkpoint without a processor is legal
-            continue
+        except ImportError as e:
+            raise TracerError(_missing_package(directory, e)) from None
+        except Exception as e:  # noqa: BLE001 - a checkpoint without a processor is legal
+            failure = failure or e
+    if ships_one:
+        raise TracerError(f"--model {directory}: its processor does not load ({first_line(failure)})")
     return None
+
+
+def _missing_package(directory: Path, error: ImportError) -> str:
+    import re
+    match = re.search(r"requires the ([\w\-]+) library", str(error)) or re.search(r"No module named '([\w\-]+)'",
+                                                                                 str(error))
+    if match is None:
+        return f"--model {directory}: its processor does not load ({first_line(error)})"
+    package = match.group(1).replace("_", "-")
+    extra = PROCESSOR_EXTRAS.get(package)
+    hint = f"pip install {package}" + (f" (or pip install -e '.[{extra}]')" if extra else "")
+    return f"--model {directory}: its processor needs {package}, which is not installed: {hint}"
 
 
 def input_device(model, default):
