@@ -83,7 +83,7 @@ def test_o_proj_requested_matches_nothing_in_encoder_out_proj_suggested():
     loaded, _ = tiny_inputs()
     report = static_report(loaded.model)
     _, setup = attach_lora(loaded.model, report, targets="q_proj,k_proj,v_proj,o_proj", r=4)
-    gaps = requested_gaps(report, setup["target_modules"])
+    gaps = requested_gaps(report, setup.target_modules)
     assert {"name": "o_proj", "component": "audio_encoder", "use_instead": ["out_proj"]} in gaps
     suggestion = suggest_targets(report)
     assert suggestion["list"] == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]

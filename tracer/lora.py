@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .discovery import StaticReport
 from .errors import TracerError, first_line, read_json_object
+from .records import LoraSetup
 from .vocab import strip_peft_prefix
 
 REGEX_CHARS = re.compile(r"[\^$*+?()\[\]|\\]")
@@ -64,9 +65,8 @@ def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 
                               f"({first_line(e)}); step 7 lists the names it has") from None
     layers = sum(1 for n, _ in wrapped.named_modules() if n.endswith(".lora_A"))
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
-    setup = {"source": source, "target_modules": _show(config.target_modules), "r": config.r,
-             "use_dora": bool(getattr(config, "use_dora", False)), "layers": layers, "trainable_params": trainable}
-    return wrapped, setup
+    return wrapped, LoraSetup(source, _show(config.target_modules), config.r, bool(getattr(config, "use_dora", False)),
+                              layers, trainable)
 
 
 def _check_adapter_loaded(adapter_dir: str, wrapped, caught) -> None:

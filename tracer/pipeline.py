@@ -8,10 +8,11 @@ exactly the JSON that ``--json`` writes. Imports nothing heavy until called.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
 from .errors import TracerError, first_line
+from .records import LoraDiagnosis
 from .schema import SCHEMA_VERSION
 from .vocab import LOSSES, RUN_FAILED, STRATEGIES
 
@@ -65,23 +66,24 @@ class TraceOptions:
             raise TracerError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceReport:
-    """What one trace found. Filled part by part; ``to_dict()`` is the ``--json`` record (schema v1)."""
+    """What one trace found; ``to_dict()`` is the ``--json`` record (schema v1). The observer sees it part
+    by part: each event gets the report as it stands then."""
     model_name: str
     source: str  # builtin | dir | hub | config | object
     model_info: dict
     static: Any  # discovery.StaticReport of the model as loaded
     model: Any = None  # the model that ran (PEFT-wrapped when LoRA was attached)
-    notes: list = field(default_factory=list)
+    notes: tuple = ()
     clip: Any = None  # audio.Clip
     inputs: Any = None  # inputs.ModelInputs
     run_static: Any = None  # the static report of the model that ran (PEFT paths)
-    lora_setup: dict | None = None
+    lora_setup: Any = None  # records.LoraSetup
     runs: dict = field(default_factory=dict)  # strategy -> records.RunRecord
     comparison: Any = None  # records.Comparison
-    verdicts: list = field(default_factory=list)  # confirmation.Verdict, refuted first
-    lora_diagnosis: dict | None = None
+    verdicts: tuple = ()  # confirmation.Verdict, refuted first
+    lora_diagnosis: Any = None  # records.LoraDiagnosis
     clip_error: str | None = None  # with static_only: why the clip's inputs could not be prepared
 
     @property
@@ -103,12 +105,28 @@ class TraceReport:
             payload["comparison"] = self.comparison.to_dict()
             payload["confirmation"] = [v.to_dict() for v in self.verdicts]
         if self.lora_setup is not None:
-            payload["lora_setup"] = self.lora_setup
-            payload["lora_diagnosis"] = self.lora_diagnosis
+            payload["lora_setup"] = self.lora_setup.to_dict()
+            if self.lora_diagnosis is not None:
+                payload["lora_diagnosis"] = self.lora_diagnosis.to_dict()
         return payload
 
 
 Observer = Callable[[str, TraceReport, Any], None]
+
+
+class _Draft:
+    """The report while the trace makes it: the pipeline fills it, the observer and the caller get frozen
+    TraceReports of it."""
+
+    def __init__(self, **values):
+        self.__dict__.update({f.name: f.default if f.default is not MISSING else f.default_factory()
+                              for f in fields(TraceReport) if f.name not in values}, **values)
+        self.notes, self.verdicts = list(self.notes), list(self.verdicts)
+
+    def freeze(self) -> TraceReport:
+        values = {f.name: getattr(self, f.name) for f in fields(TraceReport)}
+        values.update(notes=tuple(self.notes), verdicts=tuple(self.verdicts), runs=dict(self.runs))
+        return TraceReport(**values)
 
 
 def trace_clip(clip: str | None = None, model: Any = None, *, config: str | None = None,
@@ -144,14 +162,14 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
     if options.device_map:
         device = input_device(loaded.model, device)
     report = static_report(loaded.model)
-    trace = TraceReport(loaded.name, loaded.source, {
+    trace = _Draft(model_name=loaded.name, source=loaded.source, model_info={
         "name": loaded.name, "class": report.model_class, "module": report.model_module,
         "dtype": str(dtype).replace("torch.", ""), "device": "meta" if loaded.on_meta else str(device),
-        "params_total": report.params_total, "params_trainable": report.params_trainable}, report,
+        "params_total": report.params_total, "params_trainable": report.params_trainable}, static=report,
         model=loaded.model)
     if loaded.source == "builtin":
         _note(trace, observe, BUILTIN_BANNER)
-    observe("static", trace, None)
+    observe("static", trace.freeze(), None)
     if clip is None and not options.static_only:
         from .loading import BUILTIN_CLIP
         clip = str(BUILTIN_CLIP)
@@ -159,11 +177,12 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
         audio, inputs = _load_inputs(clip, loaded, report, options, trace, observe)
         if inputs is not None:
             trace.clip, trace.inputs = audio, inputs
-        observe("clip", trace, None)
+        observe("clip", trace.freeze(), None)
     if not options.static_only:
         _run(trace, loaded, options, device, observe)
-    observe("done", trace, None)
-    return trace
+    final = trace.freeze()
+    observe("done", final, None)
+    return final
 
 
 def _load(model, config, processor, options: TraceOptions, device, dtype):
@@ -178,12 +197,12 @@ def _load(model, config, processor, options: TraceOptions, device, dtype):
                       device_map=options.device_map)
 
 
-def _note(trace: TraceReport, observe: Observer, text: str) -> None:
+def _note(trace: _Draft, observe: Observer, text: str) -> None:
     trace.notes.append(text)
-    observe("note", trace, text)
+    observe("note", trace.freeze(), text)
 
 
-def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: TraceReport, observe: Observer):
+def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft, observe: Observer):
     from .audio import load_clip
     from .inputs import (
         DEFAULT_PROMPT,
@@ -213,7 +232,7 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: TraceR
                                                    target=target), trace, options)
 
 
-def _prepared(prepare, trace: TraceReport, options: TraceOptions):
+def _prepared(prepare, trace: _Draft, options: TraceOptions):
     """The model's inputs for a clip that was read fine. With static_only a processor that fails on it is
     recorded, not raised: the structure is still worth its report and its JSON. Bad input (TracerError: a
     clip too short for one encoder frame, a --target too long) is refused as always."""
@@ -228,7 +247,7 @@ def _prepared(prepare, trace: TraceReport, options: TraceOptions):
         return None
 
 
-def _run(trace: TraceReport, loaded, options: TraceOptions, device, observe: Observer) -> None:
+def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer) -> None:
     from .confirmation import confirm
     from .diagnosis import dead_groups_of
     from .discovery import static_report
@@ -242,20 +261,21 @@ def _run(trace: TraceReport, loaded, options: TraceOptions, device, observe: Obs
         model, trace.lora_setup = attach_lora(model, report, targets=options.lora_targets, r=options.lora_r,
                                               config_file=options.lora_config, adapter_dir=options.adapter)
         run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
-        observe("lora", trace, None)
+        observe("lora", trace.freeze(), None)
     trace.model, trace.run_static = model, run_report
     run_options = RunOptions(repeats=options.repeats, warmup=options.warmup, loss=options.loss,
                              progress=options.progress, keep_calls=options.keep_calls)
     names = STRATEGIES if options.strategy == "both" else (options.strategy,)
     for name in names:
         trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))
-        observe("run", trace, name)
+        observe("run", trace.freeze(), name)
     trace.comparison = compare(trace.runs, run_report)
-    trace.verdicts = confirm(run_report, trace.runs, trace.clip_record(), {row.path for row in run_report.tree})
+    trace.verdicts = confirm(run_report, trace.runs, trace.freeze().clip_record(),
+                             {row.path for row in run_report.tree})
     if trace.lora_setup is not None:
         from .lora import requested_gaps, suggest_targets
         explicit = options.lora_targets != "auto" or options.lora_config or options.adapter
-        trace.lora_diagnosis = {
-            "requested_gaps": requested_gaps(report, trace.lora_setup["target_modules"]) if explicit else [],
-            "suggested_target_modules": suggest_targets(report),
-            "dead_groups": {name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None}}
+        trace.lora_diagnosis = LoraDiagnosis(
+            requested_gaps=tuple(requested_gaps(report, trace.lora_setup.target_modules)) if explicit else (),
+            suggested_target_modules=suggest_targets(report),
+            dead_groups={name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None})

@@ -218,6 +218,32 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class LoraSetup:
+    """What was attached before the runs (lora.attach_lora)."""
+    source: str  # "auto targets (step 8)", "--lora-targets …", "--lora-config FILE", "--adapter DIR"
+    target_modules: object  # a list of names or a regex, as peft holds it
+    r: int
+    use_dora: bool
+    layers: int
+    trainable_params: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraDiagnosis:
+    """Across the runs: requested names that match nothing, the targets to use, dead layers grouped."""
+    requested_gaps: tuple  # {"name", "component", "use_instead"}
+    suggested_target_modules: dict  # {"strategy", "list", "regex", "note"}
+    dead_groups: dict  # strategy -> [{"pattern", "status", "count", "cause", "hint"}]
+
+    def to_dict(self) -> dict:
+        return {"requested_gaps": list(self.requested_gaps), "suggested_target_modules": self.suggested_target_modules,
+                "dead_groups": self.dead_groups}
+
+
+@dataclass(frozen=True)
 class ClipRecord:
     """The clip as the model received it: the file and what was done to it (audio.ClipInfo), and its cost
     in frames and tokens (the JSON "clip" object)."""

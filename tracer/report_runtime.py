@@ -85,10 +85,10 @@ def render_comparison(runs: dict, comparison, audio_tokens) -> Section:
     return Section("COMPARISON", "full_forward vs audio_tower on the same clip, dtype and device", "\n".join(out))
 
 
-def render_lora_setup(setup: dict) -> Section:
-    return Section("LORA", f"{setup['layers']} LoRA layers, r={setup['r']}{' (DoRA)' if setup['use_dora'] else ''}, "
-            f"target_modules {setup['target_modules']} from {setup['source']}; "
-            f"{setup['trainable_params']:,} trainable parameters")
+def render_lora_setup(setup) -> Section:
+    return Section("LORA", f"{setup.layers} LoRA layers, r={setup.r}{' (DoRA)' if setup.use_dora else ''}, "
+                           f"target_modules {setup.target_modules} from {setup.source}; "
+                           f"{setup.trainable_params:,} trainable parameters")
 
 
 def _no_run(runs: dict) -> str:
@@ -96,7 +96,7 @@ def _no_run(runs: dict) -> str:
     return ", ".join(f"{n} {r.status}" for n, r in runs.items() if not r.ok) or "no strategy ran"
 
 
-def render_lora_diagnosis(runs: dict, diagnosis: dict) -> Section:
+def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
     from .diagnosis import STATUSES
     counts = []
     for name, run in runs.items():
@@ -108,17 +108,17 @@ def render_lora_diagnosis(runs: dict, diagnosis: dict) -> Section:
     used = [s for s in STATUSES if any(s in per for _, _, per in counts)]
     rows = [[name, component] + [per.get(s, "") for s in used] for name, component, per in counts]
     out = [tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
-    for name, groups in diagnosis["dead_groups"].items():
+    for name, groups in diagnosis.dead_groups.items():
         for g in groups:
             out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
                        + (f"; fix: {g['hint']}" if g["hint"] else ""))
     if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")
-    for gap in diagnosis["requested_gaps"]:
+    for gap in diagnosis.requested_gaps:
         instead = f"; it uses {' / '.join(gap['use_instead'])}" if gap["use_instead"] else ""
         out.append(f"  ! '{gap['name']}' was requested but matches nothing in {gap['component']}{instead}")
-    s = diagnosis["suggested_target_modules"]
+    s = diagnosis.suggested_target_modules
     out.append(f"  suggested target_modules for {s['strategy']}: {s['list']}, or the regex r\"{s['regex']}\" "
                f"({s['note']})")
     return Section("LORA DIAGNOSIS", "did each LoRA layer get a gradient in the traced backward?", "\n".join(out))
