@@ -121,3 +121,21 @@ def test_text_report_has_8_steps_and_collapsed_layers(builtin_report):
 def test_tree_depth_limit(builtin_report):
     shallow = render_tree(builtin_report.tree, depth=1)
     assert "model: Qwen2AudioModel" in shallow and "audio_tower" not in shallow
+
+
+def test_phi4_multimodal_encoder_is_the_owner_of_its_layers_and_vision_is_not_the_lm():
+    """Phi-4-multimodal nests its audio encoder in the LM's embedding (audio_embed.encoder, conformer blocks
+    in `encoders`) beside the speech projections and an image tower. Built on meta at full size."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+    with torch.device("meta"):
+        model = Phi4MultimodalForCausalLM(Phi4MultimodalConfig())
+    r = static_report(model)
+    assert r.audio_encoder.path == "model.embed_tokens_extend.audio_embed.encoder"
+    assert r.audio_encoder.num_layers == model.config.audio_config.num_blocks == 24
+    assert r.language_model.path == "model" and r.language_model.num_layers == 32
+    of = r.component_of
+    assert of["model.embed_tokens_extend.audio_embed.up_proj_for_speech"] == "projector"
+    assert of["model.embed_tokens_extend.image_embed"] == "other"
+    assert of["model.layers.0.mlp.down_proj"] == "language_model" and of["lm_head"] == "head"
+    encoder_params = sum(p.numel() for p in model.model.embed_tokens_extend.audio_embed.encoder.parameters())
+    assert r.components["audio_encoder"] == encoder_params

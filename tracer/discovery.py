@@ -24,6 +24,7 @@ AUDIO_ENCODER_NAMES = ("audio_tower", "audio_encoder", "audio_model", "speech_en
 AUDIO_ENCODER_CLASS = re.compile(r"(Audio|Speech|Whisper|Wav2Vec2|Hubert|WavLM|Conformer)\w*Encoder$")
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model", "llm", "lm", "decoder")
 PROJECTOR_NAME = re.compile(r"projector|mm_proj|multi_modal")
+OTHER_MODALITY = re.compile(r"(^|\.)(image|vision|visual|img)\w*")  # inside an LM: another tower, not the LM
 HEAD_NAMES = ("lm_head", "proj_out", "output", "embed_out")
 # Names LoRA recipes conventionally target, and what a component uses instead when one is absent.
 CONVENTIONAL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj",
@@ -93,6 +94,10 @@ def _find_audio_encoder(modules: dict) -> AudioEncoderInfo | None:
     _, _, path, found_by = min(matches)
     module = modules[path]
     layers_path, layers = _find_layer_list(module)
+    if layers_path and "." in layers_path:  # a wrapper (Phi-4's audio_embed): the encoder owns the layers
+        owner = layers_path.rsplit(".", 1)[0]
+        path, module = f"{path}.{owner}", modules[f"{path}.{owner}"]
+        found_by += f", then the owner of its layers '{owner}'"
     first = layers[0] if layers else None
     return AudioEncoderInfo(
         path=path, cls=type(module).__name__, found_by=found_by,
@@ -169,6 +174,10 @@ def _head_path(model, modules: dict) -> str | None:
 
 def _assign_components(modules: dict, model, encoder, lm) -> dict:
     head = _head_path(model, modules)
+    # an audio encoder nested in the language model's embedding (Phi-4-multimodal): its siblings map its
+    # output into the LM (projector), and the other modalities there are no part of the LM
+    wrapper = encoder.path.rpartition(".")[0] if encoder else None
+    nested = bool(wrapper) and lm is not None and is_under(wrapper, lm.path) and wrapper != lm.path
     component_of = {}
     for path in modules:
         # The head first: in the 4.x layout it sits inside the language model (a *ForCausalLM).
@@ -176,6 +185,10 @@ def _assign_components(modules: dict, model, encoder, lm) -> dict:
             component_of[path] = "head"
         elif is_under(path, encoder.path if encoder else None):
             component_of[path] = "audio_encoder"
+        elif nested and is_under(path, wrapper):
+            component_of[path] = "projector"
+        elif lm is not None and is_under(path, lm.path) and OTHER_MODALITY.search(path[len(lm.path):]):
+            component_of[path] = "other"
         elif is_under(path, lm.path if lm else None):
             component_of[path] = "language_model"
         elif PROJECTOR_NAME.search(path.rsplit(".", 1)[-1]) or any(

@@ -18,8 +18,9 @@ LORA_STATUSES = ("ok", "zero_init", "not_executed", "frozen", "no_grad_mode", "o
 # a claim of the static report checked against what ran (confirmation.py)
 CONFIRMED, REFUTED, NOTED, NOT_CHECKED = "confirmed", "refuted", "noted", "not checked"
 
-# module lists that hold a model's repeated layers: HF's `layers`/`layer`, `blocks`, GPT-2's `h`
-LAYER_LIST_NAMES = ("layers", "layer", "blocks", "h")
+# module lists that hold a model's repeated layers: HF's `layers`/`layer`, `blocks`, GPT-2's `h`,
+# Phi-4-multimodal's conformer `encoders`
+LAYER_LIST_NAMES = ("layers", "layer", "blocks", "h", "encoders")
 LAYER_PATH = re.compile(r"\.(?:" + "|".join(LAYER_LIST_NAMES) + r")\.\d+$")  # a path that ends in one layer
 
 PEFT_PREFIX = "base_model.model."
