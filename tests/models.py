@@ -140,3 +140,29 @@ def audioflamingo3_with_processor():
         audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"))
     processor = AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
     return AudioFlamingo3ForConditionalGeneration(config).eval(), processor
+
+
+def qwen2_5_omni_thinker():
+    """Qwen2.5-Omni's thinker as transformers' test suite sizes it (tests/models/qwen2_5_omni), with the
+    built-in tokenizer's vocabulary and audio tokens, 128 mels so the built-in extractor fits; no processor."""
+    from transformers import (
+        AutoProcessor,
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")}
+    torch.manual_seed(0)
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config={"d_model": 32, "encoder_attention_heads": 4, "encoder_ffn_dim": 32, "encoder_layers": 2,
+                      "num_mel_bins": 128, "max_source_positions": 1500, "n_window": 100, "output_dim": 32},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 4, "patch_size": 14,
+                       "spatial_merge_size": 1, "temporal_patch_size": 2, "out_hidden_size": 32, "intermediate_size": 32},
+        text_config={"rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+                     "tie_word_embeddings": False},
+        audio_token_index=ids["<|AUDIO|>"], audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"], image_token_index=1, video_token_index=2, vision_start_token_id=3,
+        vision_end_token_id=4, user_token_id=5)
+    return Qwen2_5OmniThinkerForConditionalGeneration(config).eval()

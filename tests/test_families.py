@@ -158,3 +158,19 @@ def test_a_shipped_processor_that_does_not_load_is_an_error(tmp_path, capsys, ro
     assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --model {directory}: its processor does not load (") and err.count("\n") == 1
+
+
+def test_qwen2_5_omni_thinker_tower_takes_packed_frames_with_their_lengths(root):
+    """Its audio encoder takes the clip's frames alone (mel x frames, no batch axis) with feature_lens, as
+    get_audio_features calls it, and returns tokens x width: the tower runs, and so does the thinker."""
+    model = models.qwen2_5_omni_thinker()
+    assert family_of(model).name == "qwen2_5_omni"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    tower = r.inputs.tower
+    assert tower["input_features"].shape == (128, 422) and tower["feature_lens"].tolist() == [422]
+    encoder = r.runs["audio_tower"].module("base_model.model.model.audio_tower")
+    assert encoder.outputs[0].shape == (105, 32)  # the clip's 105 audio tokens, as the LM receives them
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    # LoRA on the vision tower's 'proj' never runs on a clip: reported, not counted as needed
+    assert r.runs["full_forward"].lora_summary["other"] == {"not_executed": 2}

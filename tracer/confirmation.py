@@ -66,7 +66,9 @@ def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> l
                                 "disagree on the audio length (check the feature extractor's settings)"))
     for name, run in ok.items():
         out.append(_components_verdict(name, run, report))
-        needed = [r for r in run.lora or () if name == "full_forward" or r.component == "audio_encoder"]
+        # NB: another tower's layers (vision: 'other') never run on a clip; they are not needed
+        needed = [r for r in run.lora or () if r.component == "audio_encoder"
+                  or (name == "full_forward" and r.component != "other")]
         missing = [r.path for r in needed if not r.executed]
         if needed:
             out.append(Verdict("every LoRA layer this strategy needs executed", f"{len(needed)} layers",

@@ -4,7 +4,8 @@ unwrapped); anything else goes through the generic entry, which follows the proc
 does.
 
 Covered so far: Qwen2-Audio and AudioFlamingo3 (the audio-in-prompt path, which follows the processor:
-its audio token, its masks), Whisper (encoder-decoder: the decoder's loss on the target text). The other families of transformers 5.x come as entries here.
+its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input), Whisper
+(encoder-decoder: the decoder's loss on the target text). The other families of transformers 5.x come as entries here.
 """
 from __future__ import annotations
 
@@ -62,12 +63,29 @@ def _encoder_frames(encoder, mel_frames: int) -> str:
     return f"{int(out[0] if isinstance(out, tuple) else out):,}"
 
 
+def packed_tower_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Qwen2.5-Omni's thinker: its audio encoder takes the clip's frames alone, packed without a batch axis
+    (mel x frames), with their count (``feature_lens``) and the count after its convolutions, as the
+    model's own ``get_audio_features`` calls it. The whole model takes what the processor makes."""
+    from dataclasses import replace
+
+    import torch
+    inputs = audio_in_prompt_inputs(processor, model, encoder, clip, prompt, target)
+    features = inputs.tower["input_features"]
+    lengths = torch.tensor([inputs.accounting.mel_frames])
+    packed = features[0, :, : inputs.accounting.mel_frames]  # the clip's frames, no padding
+    after_cnn, _ = encoder._get_feat_extract_output_lengths(lengths)
+    return replace(inputs, tower={"input_features": packed, "feature_lens": lengths, "aftercnn_lens": after_cnn})
+
+
 GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in the prompt, loss on the target")
 FAMILIES = (
     Family("qwen2_audio", ("Qwen2AudioForConditionalGeneration",), audio_in_prompt_inputs,
            "the audio's tokens in the prompt, loss on the target"),
     Family("audioflamingo3", ("AudioFlamingo3ForConditionalGeneration", "MusicFlamingoForConditionalGeneration"),
            audio_in_prompt_inputs, "the audio's <sound> tokens in the prompt, loss on the target"),
+    Family("qwen2_5_omni", ("Qwen2_5OmniThinkerForConditionalGeneration",), packed_tower_inputs,
+           "the thinker on the prompt with the audio's tokens, loss on the target"),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
 )

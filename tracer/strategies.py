@@ -33,8 +33,11 @@ def tower_loss(hidden: torch.Tensor, valid_tokens: int | None, loss: str) -> tor
     """The audio_tower surrogate loss on the encoder output pooled over the clip's own frames.
 
     ``pooled_l2``: squared L2 norm of the time-mean (every weight gets a gradient);
-    ``pooled_mean``: the plain mean (tiny, uniform gradients). Padding frames are left out.
+    ``pooled_mean``: the plain mean (tiny, uniform gradients). Padding frames are left out; an encoder that
+    packs the clip's frames alone without a batch axis (Qwen2.5-Omni: tokens x width) has none.
     """
+    if hidden.dim() == 2:
+        hidden, valid_tokens = hidden.unsqueeze(0), None
     frames = hidden[:, :valid_tokens] if valid_tokens else hidden
     pooled = frames.float().mean(dim=1)
     return pooled.square().sum() if loss == "pooled_l2" else pooled.mean()
