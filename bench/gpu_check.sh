@@ -3,7 +3,11 @@
 # independent: one failing step does not hide the others. Writes into ${OUT:-gpu-out}/:
 #   log.txt (every step's output), tiny.json, 7b.json, overhead_gpu.json, tiny.png, pytest.txt
 # Run on the device:  bash bench/gpu_check.sh   (about 5 minutes on an H200)
-# Packages missing on the machine can be carried as wheels in .whl/ (installed into /tmp/site first).
+# Packages missing on the machine can be carried as wheels in .whl/ (installed into /tmp/site first). On
+# the lent H200 image (2026-11-30) these were missing or older, fetched here with `pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 ... -d .whl`:
+#   transformers==5.24.0 peft==0.21.2 soundfile==0.14.0 librosa==0.11.0 soxr==1.1.0 audioread==3.1.0
+#   pooch==1.9.0 decorator==5.2.1 cffi==2.0.0 pycparser platformdirs==4.14.8 torchinfo==1.8.0
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
