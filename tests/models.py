@@ -166,3 +166,24 @@ def qwen2_5_omni_thinker():
         audio_end_token_id=ids["<|audio_eos|>"], image_token_index=1, video_token_index=2, vision_start_token_id=3,
         vision_end_token_id=4, user_token_id=5)
     return Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+
+
+def voxtral():
+    """A tiny Voxtral (Whisper-style encoder, frames not pooled, projector taking 4 at a time, Llama LM) with
+    the built-in tokenizer's vocabulary and <|AUDIO|> as its audio token; no processor (Voxtral's needs
+    mistral-common)."""
+    from transformers import (
+        AutoProcessor,
+        VoxtralConfig,
+        VoxtralForConditionalGeneration,
+    )
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    torch.manual_seed(0)
+    config = VoxtralConfig(
+        audio_config={"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                      "num_mel_bins": 128, "max_source_positions": 1500, "vocab_size": 100},
+        text_config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
+                     "max_position_embeddings": 1024, "head_dim": 8},
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    return VoxtralForConditionalGeneration(config).eval()

@@ -174,3 +174,27 @@ def test_qwen2_5_omni_thinker_tower_takes_packed_frames_with_their_lengths(root)
     assert "refuted" not in {v.verdict for v in r.verdicts}
     # LoRA on the vision tower's 'proj' never runs on a clip: reported, not counted as needed
     assert r.runs["full_forward"].lora_summary["other"] == {"not_executed": 2}
+
+
+def test_voxtral_lm_gets_375_tokens_a_window_and_the_tower_pools_the_clips_frames(root):
+    """Voxtral's encoder output is not pooled (the projector takes 4 frames a token): the LM receives 375
+    tokens for the 30 s window, and the surrogate loss averages the 211 encoder frames that hold the clip."""
+    model = models.voxtral()
+    assert family_of(model).name == "voxtral"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    acc = r.inputs.accounting
+    assert (acc.encoder_frames, acc.audio_tokens, r.inputs.tower_frames) == (211, 375, 211)
+    assert int((r.inputs.full["input_ids"] == model.config.audio_token_id).sum()) == 375
+    verdicts = {(v.claim, v.strategy): v for v in r.verdicts}
+    seq = verdicts[("LM sequence = prompt + target tokens, 375 of them audio", "full_forward")]
+    assert seq.verdict == "confirmed"
+    # the tower's loss is over the clip's frames: the same number by hand
+    from tracer.strategies import tower_loss
+    encoder = model.model.audio_tower
+    with torch.no_grad():
+        hidden = encoder(input_features=r.inputs.tower["input_features"]).last_hidden_state
+    assert hidden.shape[1] == 1500
+    expected = float(hidden[:, :211].float().mean(1).square().sum())
+    assert r.runs["audio_tower"].loss == pytest.approx(expected, rel=1e-5)
+    assert float(tower_loss(hidden, 211, "pooled_l2")) == pytest.approx(expected, rel=1e-6)

@@ -4,8 +4,8 @@ unwrapped); anything else goes through the generic entry, which follows the proc
 does.
 
 Covered so far: Qwen2-Audio and AudioFlamingo3 (the audio-in-prompt path, which follows the processor:
-its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input), Whisper
-(encoder-decoder: the decoder's loss on the target text). The other families of transformers 5.x come as entries here.
+its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input), Voxtral
+(unpooled frames, 375 LM tokens a window), Whisper (encoder-decoder: the decoder's loss on the target). The other families of transformers 5.x come as entries here.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable
 
 from .audio import Clip
 from .errors import TracerError
-from .inputs import ModelInputs, audio_in_prompt_inputs, encoder_features
+from .inputs import IGNORE_INDEX, ModelInputs, audio_in_prompt_inputs, encoder_features
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,40 @@ def packed_tower_inputs(processor, model, encoder, clip: Clip, prompt: str, targ
     return replace(inputs, tower={"input_features": packed, "feature_lens": lengths, "aftercnn_lens": after_cnn})
 
 
+def unpooled_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Voxtral: the encoder's frames are not pooled: the projector takes them four at a time (its input is
+    ``intermediate_size`` wide), so the LM receives 375 tokens for each 30 s window, padding included; the
+    surrogate loss pools the encoder frames that hold the clip. The prompt is built here, the audio's
+    tokens first, as many as the model takes (its processor needs mistral-common)."""
+    from dataclasses import replace
+
+    import torch
+    tower, accounting = encoder_features(processor, encoder, clip)
+    frames, _ = encoder._get_feat_extract_output_lengths(torch.tensor([accounting.mel_frames]))
+    window, _ = encoder._get_feat_extract_output_lengths(torch.tensor([tower["input_features"].shape[-1]]))
+    audio_config = model.config.audio_config
+    per_token = audio_config.intermediate_size // audio_config.hidden_size
+    lm_tokens = int(window) // per_token
+    accounting = replace(accounting, encoder_frames=int(frames), audio_tokens=lm_tokens,
+                         length_function=f"{type(encoder).__name__}: {int(window):,} encoder frames a window, "
+                                         f"{per_token} per LM token")
+    inputs = ModelInputs(tower, None, accounting, "none (no tokenizer)", 0, 0, tower_frames=int(frames))
+    tokenizer = getattr(processor, "tokenizer", None)
+    audio_id = getattr(model.config, "audio_token_id", None)
+    if tokenizer is None or audio_id is None:
+        return inputs
+    prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    target_ids = tokenizer(" " + target + (tokenizer.eos_token or ""), add_special_tokens=False,
+                           return_tensors="pt")["input_ids"]
+    head = torch.cat([torch.full((1, lm_tokens), audio_id, dtype=torch.long), prompt_ids], dim=1)
+    input_ids = torch.cat([head, target_ids], dim=1)
+    labels = torch.cat([torch.full_like(head, IGNORE_INDEX), target_ids], dim=1)
+    full = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "input_features": tower["input_features"], "labels": labels}
+    return replace(inputs, full=full, template=f"built here: {lm_tokens} audio tokens, then the prompt",
+                   prompt_tokens=head.shape[1], target_tokens=target_ids.shape[1])
+
+
 GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in the prompt, loss on the target")
 FAMILIES = (
     Family("qwen2_audio", ("Qwen2AudioForConditionalGeneration",), audio_in_prompt_inputs,
@@ -86,6 +120,8 @@ FAMILIES = (
            audio_in_prompt_inputs, "the audio's <sound> tokens in the prompt, loss on the target"),
     Family("qwen2_5_omni", ("Qwen2_5OmniThinkerForConditionalGeneration",), packed_tower_inputs,
            "the thinker on the prompt with the audio's tokens, loss on the target"),
+    Family("voxtral", ("VoxtralForConditionalGeneration",), unpooled_inputs,
+           "the audio's tokens (375 a 30 s window) then the prompt, loss on the target"),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
 )

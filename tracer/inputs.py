@@ -36,6 +36,7 @@ class ModelInputs:
     target_tokens: int  # LM positions the loss is on
     audio_in_lm: bool = True  # False for encoder-decoder models: the decoder cross-attends the encoder
     no_full_reason: str = "the processor builds no text input for this model"  # when full is None
+    tower_frames: int | None = None  # leading frames of the encoder's output that hold the clip (None: all)
 
 
 def feature_extractor_of(processor):

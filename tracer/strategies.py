@@ -52,8 +52,8 @@ def make_step(name: str, model, report: StaticReport, inputs, options: RunOption
     if name == "audio_tower":
         encoder = dict(model.named_modules())[report.audio_encoder.path]
         batch = _move(inputs.tower, device)
-        tokens = inputs.accounting.audio_tokens
-        return lambda: tower_loss(encoder(**batch).last_hidden_state, tokens, options.loss)
+        frames = inputs.tower_frames if inputs.tower_frames is not None else inputs.accounting.audio_tokens
+        return lambda: tower_loss(encoder(**batch).last_hidden_state, frames, options.loss)
     batch = _move(inputs.full, device)
     return lambda: model(**batch).loss
 
