@@ -198,3 +198,19 @@ def test_voxtral_lm_gets_375_tokens_a_window_and_the_tower_pools_the_clips_frame
     expected = float(hidden[:, :211].float().mean(1).square().sum())
     assert r.runs["audio_tower"].loss == pytest.approx(expected, rel=1e-5)
     assert float(tower_loss(hidden, 211, "pooled_l2")) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.skipif(_importable("timm"), reason="timm is installed here")
+def test_a_model_that_needs_a_missing_package_to_build_is_named(tmp_path, capsys, root):
+    """Gemma3n's vision tower is a timm model: without timm, one line naming it, exit 2."""
+    from transformers import Gemma3nConfig
+
+    from tracer.cli import main
+    config = Gemma3nConfig()
+    config.architectures = ["Gemma3nForConditionalGeneration"]
+    config.save_pretrained(tmp_path / "gemma3n")
+    (tmp_path / "gemma3n" / "model.safetensors").write_bytes(b"")  # never read: building fails first
+    capsys.readouterr()
+    assert main([f"{root}/samples/sample.wav", "--model", str(tmp_path / "gemma3n"), "--static-only"]) == 2
+    assert capsys.readouterr().err == (f"error: --model {tmp_path / 'gemma3n'}: building it needs timm, which is not "
+                                       "installed: pip install timm (or pip install -e '.[families]')\n")

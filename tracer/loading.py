@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
             model = model_cls.from_pretrained(directory, dtype=dtype, use_safetensors=has_safetensors or None,
                                               trust_remote_code=trust_remote_code, device_map=device_map)
     except Exception as e:  # noqa: BLE001 - mismatched or corrupt weights surface here in many types
+        if isinstance(e, ImportError) or re.search(r"requires the [\w\-]+ library", str(e)):
+            raise TracerError(_missing_package(directory, e, "building it")) from None
         if "ignore_mismatched_sizes" in str(e) or "size mismatch" in str(e):
             raise TracerError(f"--model {name}: the weights' shapes do not match config.json (a config edited "
                               "after saving, or weights of another model)") from None
@@ -183,16 +186,15 @@ def _load_processor(directory: Path, trust_remote_code: bool):
     return None
 
 
-def _missing_package(directory: Path, error: ImportError) -> str:
-    import re
+def _missing_package(directory: Path, error: Exception, what: str = "its processor") -> str:
     match = re.search(r"requires the ([\w\-]+) library", str(error)) or re.search(r"No module named '([\w\-]+)'",
                                                                                  str(error))
     if match is None:
-        return f"--model {directory}: its processor does not load ({first_line(error)})"
+        return f"--model {directory}: {what} fails ({first_line(error)})"
     package = match.group(1).replace("_", "-")
     extra = PROCESSOR_EXTRAS.get(package)
     hint = f"pip install {package}" + (f" (or pip install -e '.[{extra}]')" if extra else "")
-    return f"--model {directory}: its processor needs {package}, which is not installed: {hint}"
+    return f"--model {directory}: {what} needs {package}, which is not installed: {hint}"
 
 
 def input_device(model, default):
