@@ -187,3 +187,22 @@ def voxtral():
                      "max_position_embeddings": 1024, "head_dim": 8},
         audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     return VoxtralForConditionalGeneration(config).eval()
+
+
+def seamless_m4t_speech_to_text():
+    """A tiny SeamlessM4T speech-to-text model (w2v-BERT speech encoder on 160-wide stacked mels, text
+    decoder) with the built-in tokenizer's vocabulary; no processor (its tokenizer needs sentencepiece)."""
+    from transformers import (
+        AutoProcessor,
+        SeamlessM4TConfig,
+        SeamlessM4TForSpeechToText,
+    )
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(0)
+    config = SeamlessM4TConfig(vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=4, encoder_layers=2,
+                               decoder_layers=2, speech_encoder_layers=2, speech_encoder_attention_heads=4,
+                               speech_encoder_intermediate_size=64, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                               pad_token_id=eos, decoder_start_token_id=eos, eos_token_id=eos, bos_token_id=eos,
+                               max_position_embeddings=256)
+    return SeamlessM4TForSpeechToText(config).eval()

@@ -214,3 +214,21 @@ def test_a_model_that_needs_a_missing_package_to_build_is_named(tmp_path, capsys
     assert main([f"{root}/samples/sample.wav", "--model", str(tmp_path / "gemma3n"), "--static-only"]) == 2
     assert capsys.readouterr().err == (f"error: --model {tmp_path / 'gemma3n'}: building it needs timm, which is not "
                                        "installed: pip install timm (or pip install -e '.[families]')\n")
+
+
+def test_seamless_m4t_speech_to_text_uses_its_own_extractor_and_decoder(root):
+    """No processor ships (its tokenizer needs sentencepiece): the family's own feature extractor (stacked
+    mels, 160 wide) replaces the built-in Whisper one; encoder + text decoder run on the target; the speech
+    encoder's layers are found inside it (speech_encoder.encoder.layers) and confirmed."""
+    model = models.seamless_m4t_speech_to_text()
+    assert family_of(model).name == "seamless_m4t"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.notes[0].startswith("this model has no processor: using SeamlessM4TFeatureExtractor()")
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    features = r.inputs.tower["input_features"]
+    assert features.shape[0] == 1 and features.shape[2] == 160
+    assert r.inputs.accounting.mel_frames_padded == features.shape[1]  # frames, not the feature width
+    assert r.static.audio_encoder.path == "speech_encoder"
+    assert r.static.audio_encoder.layers_path == "speech_encoder.encoder.layers"
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    assert {"base_model.model.text_decoder.layers.1", "base_model.model.lm_head"} <= r.runs["full_forward"].executed_paths()

@@ -40,7 +40,7 @@ def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> l
     encoder_run = next((n for n in ("audio_tower", "full_forward") if n in ok), None)
     if enc is not None and encoder_run:
         mods = {m.path: m for m in ok[encoder_run].modules}
-        layer_list = _layer_list_path(mods, enc.path)
+        layer_list = enc.layers_path or _layer_list_path(mods, enc.path)
         ran = sum(1 for p, m in mods.items() if m.executed and p.rpartition(".")[0] == layer_list)
         out.append(_verdict("audio encoder layers executed", enc.num_layers, ran, encoder_run,
                             "layers were skipped at run time (layerdrop in train mode, an early exit, or a "

@@ -94,8 +94,11 @@ def _find_audio_encoder(modules: dict) -> AudioEncoderInfo | None:
     _, _, path, found_by = min(matches)
     module = modules[path]
     layers_path, layers = _find_layer_list(module)
-    if layers_path and "." in layers_path:  # a wrapper (Phi-4's audio_embed): the encoder owns the layers
-        owner = layers_path.rsplit(".", 1)[0]
+    layers_at = f"{path}.{layers_path}" if layers_path else None
+    owner = layers_path.rsplit(".", 1)[0] if layers_path and "." in layers_path else None
+    if owner and _is_pretrained(modules[f"{path}.{owner}"]) and not _is_pretrained(module):
+        # a plain wrapper (Phi-4's audio_embed) around the encoder model that owns the layers; an encoder
+        # model around its own layer stack (SeamlessM4T's speech_encoder) stays what was found
         path, module = f"{path}.{owner}", modules[f"{path}.{owner}"]
         found_by += f", then the owner of its layers '{owner}'"
     first = layers[0] if layers else None
@@ -106,7 +109,12 @@ def _find_audio_encoder(modules: dict) -> AudioEncoderInfo | None:
         layer_class=type(first).__name__ if first is not None else None,
         layer_children=[[n, type(c).__name__] for n, c in first.named_children()] if first is not None else [],
         submodules=[[n, type(c).__name__] for n, c in module.named_children()],
+        layers_path=layers_at,
     )
+
+
+def _is_pretrained(module) -> bool:
+    return any(cls.__name__ == "PreTrainedModel" for cls in type(module).__mro__)
 
 
 def _find_language_model(modules: dict, encoder_path: str | None) -> LanguageModelInfo | None:

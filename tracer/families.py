@@ -5,7 +5,8 @@ does.
 
 Covered so far: Qwen2-Audio and AudioFlamingo3 (the audio-in-prompt path, which follows the processor:
 its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input), Voxtral
-(unpooled frames, 375 LM tokens a window), Whisper (encoder-decoder: the decoder's loss on the target). The other families of transformers 5.x come as entries here.
+(unpooled frames, 375 LM tokens a window), Whisper and SeamlessM4T speech-to-text (encoder-decoder: the
+decoder's loss on the target). The other families of transformers 5.x come as entries here.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Family:
     classes: tuple  # model class names this entry covers
     build: Callable  # (processor, model, encoder, clip, prompt, target) -> ModelInputs
     what_runs: str  # for the README's table and the report: what full_forward runs on
+    feature_extractor: Callable | None = None  # for a checkpoint that ships none, when Whisper's does not fit
 
 
 def encoder_decoder_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
@@ -112,6 +114,11 @@ def unpooled_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
                    prompt_tokens=head.shape[1], target_tokens=target_ids.shape[1])
 
 
+def _seamless_extractor():
+    from transformers import SeamlessM4TFeatureExtractor
+    return SeamlessM4TFeatureExtractor()  # 80 mels, stacked in pairs: 160 wide, as its speech encoder takes
+
+
 GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in the prompt, loss on the target")
 FAMILIES = (
     Family("qwen2_audio", ("Qwen2AudioForConditionalGeneration",), audio_in_prompt_inputs,
@@ -124,6 +131,8 @@ FAMILIES = (
            "the audio's tokens (375 a 30 s window) then the prompt, loss on the target"),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
+    Family("seamless_m4t", ("SeamlessM4TForSpeechToText", "SeamlessM4Tv2ForSpeechToText"), encoder_decoder_inputs,
+           "speech encoder + text decoder, loss on the target text", feature_extractor=_seamless_extractor),
 )
 
 

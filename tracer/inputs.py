@@ -59,7 +59,9 @@ def encoder_features(processor, encoder, clip: Clip):
     feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_attention_mask=True,
                padding="max_length" if fixed_window else True, return_tensors="pt")
     features, mask = feats["input_features"], feats["attention_mask"]
-    accounting = _account(encoder, int(mask.sum()), features.shape[-1])
+    # NB: frames from the mask: features are (batch, mels, frames) for Whisper-style extractors but
+    # (batch, frames, stacked mels) for SeamlessM4T's
+    accounting = _account(encoder, int(mask.sum()), mask.shape[-1])
     if accounting.audio_tokens is not None and accounting.audio_tokens < 1:
         raise TracerError(f"{clip.info.path}: {clip.info.used_duration_s * 1000:.0f} ms is shorter than one "
                           f"encoder frame ({accounting.mel_frames} mel frames give no audio token)")

@@ -204,6 +204,7 @@ def _note(trace: _Draft, observe: Observer, text: str) -> None:
 
 def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft, observe: Observer):
     from .audio import load_clip
+    from .families import family_of
     from .inputs import (
         DEFAULT_PROMPT,
         DEFAULT_TARGET,
@@ -223,6 +224,11 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
         return audio, _prepared(lambda: prepare_text_inputs(tokenizer, prompt, target), trace, options)
     encoder = dict(loaded.model.named_modules())[report.audio_encoder.path]
     processor, note = processor_for(loaded, encoder)
+    family = family_of(loaded.model)
+    if note and family.feature_extractor is not None:  # the family knows its extractor better than ours
+        processor.feature_extractor = family.feature_extractor()
+        note = (f"this model has no processor: using {type(processor.feature_extractor).__name__}(), as the "
+                f"{family.name} family takes, and the built-in tokenizer")
     if note:
         _note(trace, observe, note)
     fe = feature_extractor_of(processor)

@@ -284,6 +284,7 @@ class AudioEncoderInfo:
     layer_class: str | None
     layer_children: list  # [[name, class], ...] of the first layer
     submodules: list  # [[name, class], ...] direct children
+    layers_path: str | None = None  # the module list of its layers (SeamlessM4T: speech_encoder.encoder.layers)
 
 
 @dataclass(frozen=True)
