@@ -41,9 +41,11 @@ def _reentrant_checkpoint_above(modules: dict, path: str) -> bool:
     return False
 
 
-def diagnose(model, modules: list, calls: list, component_of: dict) -> list[LoraLayerRecord]:
+def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict | None = None,
+             labels_masked: bool = False) -> list[LoraLayerRecord]:
     """One record per LoRA layer x adapter (``modules``: the run's ModuleRecords), with a status from
-    ``STATUSES``, a cause and a hint."""
+    ``STATUSES``, a cause and a hint. ``steps``: what an optimizer did (steps.StepWatcher.facts()), when one
+    was watched; its gradient norms stand in for ``.grad`` that ``zero_grad`` has cleared since."""
     records = {m.path: m for m in modules}
     grad_any = {}
     for call in calls:
@@ -57,16 +59,48 @@ def diagnose(model, modules: list, calls: list, component_of: dict) -> list[Lora
             mag = magnitude[adapter].weight if magnitude is not None and adapter in magnitude else None
             rec = records.get(path)
             branch = records.get(f"{path}.lora_A.{adapter}")
+            step = steps.get((path, adapter)) if steps is not None else None
             norms = (_norm(a), _norm(b), _norm(mag))
+            if step is not None and norms[0] is None and norms[1] is None:
+                norms = (step.grad_norm_A, step.grad_norm_B, norms[2])
             status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch,
                                             grad_any.get(path), a, b, norms)
+            if step is not None or labels_masked:
+                status, cause, hint = _after_gradients(status, cause, hint, step, steps is not None, labels_masked)
+            extra = {} if step is None else dict(
+                in_optimizer=step.in_optimizer, lr=step.lr, optimizer_steps=step.steps, stepped=step.stepped,
+                update_ratio_A=step.update_ratio_A, update_ratio_B=step.update_ratio_B)
             out.append(LoraLayerRecord(
                 path=path, adapter=adapter, component=component_of.get(path, "other"),
                 executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
                 grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
                 grad_norm_magnitude=norms[2], lora_B_zero=not bool(b.detach().any()), status=status, cause=cause,
-                hint=hint))
+                hint=hint, **extra))
     return out
+
+
+def _after_gradients(status, cause, hint, step, watched: bool, labels_masked: bool):
+    """What the loss and the optimizer add once the layer ran and its branch was live."""
+    if labels_masked and status in ("zero_grad", "off_loss_path", "nonfinite"):
+        return ("loss_masked", "every label is -100: the loss has no target token (NaN or 0), so no gradient "
+                               "means anything", "check the label masking: truncation may have cut every "
+                                                 "answer token, or the template masks the answer too")
+    if not watched or status not in ("ok", "zero_init"):
+        return status, cause, hint
+    if not step.in_optimizer:
+        return ("not_in_optimizer", "gradients arrive but the LoRA parameters are in no param group of the "
+                                    "optimizer", "build the optimizer after get_peft_model(), from "
+                                                 "model.parameters() (or the trainable ones)")
+    if step.steps == 0:
+        return ("not_updated", "the optimizer never stepped inside the block (a loss scaler skips the step "
+                               "when gradients overflow; or step() was not called)",
+                "check the scaler's scale and for inf/NaN gradients; call optimizer.step()")
+    if not step.stepped:
+        why = "its learning rate is 0" if not step.lr else "the step left the weights unchanged"
+        return ("not_updated", f"in the optimizer and gradients arrive, but {why}",
+                "check the scheduler (a warm-up from 0?) and the param group's lr")
+    # a step was taken: lora_B has left zero, so a zero lora_A gradient no longer means a fresh adapter
+    return ("ok", "gradients flow and the step moved the weights", "")
 
 
 def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms):

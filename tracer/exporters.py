@@ -67,7 +67,8 @@ PLOT_SIZE = (10, 11)  # inches; at PLOT_DPI that is 1000 x 1100 pixels
 PLOT_DPI = 100
 STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "tab:gray", "frozen": "tab:blue",
                   "no_grad_mode": "tab:purple", "off_loss_path": "tab:orange", "disabled": "tab:brown",
-                  "zero_grad": "tab:pink", "nonfinite": "tab:red"}
+                  "zero_grad": "tab:pink", "nonfinite": "tab:red", "loss_masked": "tab:cyan",
+                  "not_in_optimizer": "darkred", "not_updated": "black"}
 
 
 def plot(runs: dict, path: str) -> None:

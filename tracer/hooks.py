@@ -78,6 +78,8 @@ class Tracer:
             tensor_memory.TensorMemory, on any device), else on CUDA from the allocator. Two reads a call:
             more than a small module's own time on a GPU, so timed passes leave it off.
         component_of: module path -> component, from the static report (computed when needed if None).
+        optimizer: run ``opt.step()`` inside the block too: each LoRA layer's record then says whether it is
+            in a param group, its lr, whether the step moved it and by how much (steps.py).
 
     Example:
         >>> with Tracer(model) as tr:
@@ -87,8 +89,9 @@ class Tracer:
     """
 
     def __init__(self, model: nn.Module, *, grad_norms: bool = True, saved_tensors: bool = True,
-                 memory: bool = True, memory_source=None, component_of: dict | None = None):
+                 memory: bool = True, memory_source=None, component_of: dict | None = None, optimizer=None):
         self.model = model
+        self.optimizer = optimizer
         self.memory = memory
         self.memory_source = memory_source
         self.component_of = component_of
@@ -110,6 +113,8 @@ class Tracer:
         self._produced: dict = {}  # id(output tensor) -> (weakref, version, [producer cid, consumer cids])
         self._seen_storage: set = set()
         self.failed_in: str | None = None
+        self.labels_all_masked = False
+        self._watcher = None
         first = next(self.model.parameters(), None)
         self._cuda = first is not None and first.device.type == "cuda"
         self._memory = None
@@ -126,6 +131,9 @@ class Tracer:
                 for param in module._parameters.values():  # NB: parameters(recurse=False) is slow
                     if param is not None and param.requires_grad:
                         self._handles.append(param.register_post_accumulate_grad_hook(partial(self._param_grad, idx)))
+            if self.optimizer is not None:
+                from .steps import StepWatcher
+                self._watcher = StepWatcher(self.model, self.optimizer)
             self._saved_ctx = None
             if self.saved_tensors:
                 self._saved_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
@@ -148,6 +156,8 @@ class Tracer:
             self._saved_ctx = None
         for handle in self._handles + getattr(self, "_tensor_handles", []):
             handle.remove()
+        if getattr(self, "_watcher", None) is not None:
+            self._watcher.remove()
         self._handles, self._tensor_handles, self._stack, self._produced = [], [], [], {}
 
     # -- hot path --------------------------------------------------------------------------------------
@@ -168,6 +178,9 @@ class Tracer:
                 [_meta(t) for t in items], None, 0, False, 0, None, None, None, None, None, []]
         cid = len(self._calls)
         self._calls.append(call)
+        if not self._stack and "labels" in kwargs:  # NB: the root's call only: one check a pass
+            labels = kwargs["labels"]
+            self.labels_all_masked = isinstance(labels, torch.Tensor) and bool((labels == -100).all())
         if grad:
             hook = None
             for t in items:
@@ -276,7 +289,9 @@ class Tracer:
             calls.append(call)
         return Collected(paths=self._paths, classes=self._classes, containers=self._containers, calls=calls,
                          param_times=[(idx, ns(t)) for idx, t in self._param_times],
-                         clock="cuda events" if self._cuda else "perf_counter_ns", failed_in=self.failed_in)
+                         clock="cuda events" if self._cuda else "perf_counter_ns", failed_in=self.failed_in,
+                         steps=self._watcher.facts() if self._watcher is not None else None,
+                         labels_all_masked=self.labels_all_masked)
 
     # -- conveniences: the roll-ups of rollup.py on what this tracer collected ----------------------------
     def calls(self) -> list[CallRecord]:
@@ -308,6 +323,8 @@ class Collected:
     param_times: list
     clock: str
     failed_in: str | None
+    steps: dict | None = None  # (LoRA path, adapter) -> steps.StepFacts, with an optimizer
+    labels_all_masked: bool = False  # the root call's labels were all -100
 
 
 def _unpack(tensor):

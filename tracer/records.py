@@ -104,6 +104,13 @@ class LoraLayerRecord:
     status: str  # vocab.LORA_STATUSES
     cause: str
     hint: str
+    # with an optimizer (Tracer(optimizer=...)): None otherwise
+    in_optimizer: bool | None = None
+    lr: float | None = None
+    optimizer_steps: int | None = None
+    stepped: bool | None = None
+    update_ratio_A: float | None = None
+    update_ratio_B: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -177,7 +177,8 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
             if component_of is None:
                 from .discovery import static_report
                 component_of = static_report(model).component_of
-            lora = diagnose(model, records, calls, component_of)
+            lora = diagnose(model, records, calls, component_of, steps=collected.steps,
+                            labels_masked=collected.labels_all_masked)
             facts = replace(facts, lora=tuple(lora), lora_summary=summarize(lora))
     return facts
 

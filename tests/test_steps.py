@@ -1,0 +1,114 @@
+"""Tracer(model, optimizer=opt): what the optimizer step did to each LoRA layer, on real broken set-ups."""
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from test_strategies_support import tiny_inputs
+
+from tracer.hooks import Tracer
+
+
+@pytest.fixture
+def peft_tiny():
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    return model, inputs
+
+
+def traced_step(model, batch, optimizer, step=True):
+    with Tracer(model, optimizer=optimizer) as tr:
+        model(**batch).loss.backward()
+        if step:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # as a training loop does: the tracer read them already
+    return {r["path"].removeprefix("base_model.model."): r for r in tr.result()["lora"]}
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def test_a_real_step_makes_every_layer_ok_with_update_ratios_by_hand(peft_tiny):
+    model, inputs = peft_tiny
+    layer = model.base_model.model.model.audio_tower.layers[0].self_attn.q_proj
+    a_old, b_old = layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone()
+    lora = traced_step(model, inputs.full, torch.optim.AdamW(trainable(model), lr=1e-3))
+    assert {r["status"] for r in lora.values()} == {"ok"}  # zero_init no longer: a step was taken
+    row = lora["model.audio_tower.layers.0.self_attn.q_proj"]
+    assert row["in_optimizer"] and row["stepped"] and row["lr"] == 1e-3 and row["optimizer_steps"] == 1
+    a_new, b_new = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+    assert row["update_ratio_A"] == pytest.approx(float((a_new - a_old).norm() / a_old.norm()), rel=1e-4)
+    assert float(b_old.abs().max()) == 0.0  # fresh: B is measured against ||A|| x scale (8 / 4)
+    assert row["update_ratio_B"] == pytest.approx(float((b_new - b_old).norm() / (a_old.norm() * 2.0)), rel=1e-4)
+    assert row["grad_norm_B"] > 0 and row["grad_norm_A"] == 0.0  # what the step saw, after zero_grad
+
+
+def test_lora_params_missing_from_the_optimizer(peft_tiny):
+    model, inputs = peft_tiny
+    only_a = [p for n, p in model.named_parameters() if "lora_A" in n]  # a filtered list that forgot lora_B
+    lora = traced_step(model, inputs.full, torch.optim.SGD(only_a, lr=0.1))
+    assert {r["status"] for r in lora.values()} == {"not_in_optimizer"}
+    assert not any(r["in_optimizer"] for r in lora.values())
+
+
+def test_learning_rate_zero_is_not_updated(peft_tiny):
+    model, inputs = peft_tiny
+    lora = traced_step(model, inputs.full, torch.optim.SGD(trainable(model), lr=0.0))
+    assert {r["status"] for r in lora.values()} == {"not_updated"}
+    assert all("learning rate is 0" in r["cause"] and r["stepped"] is False for r in lora.values())
+
+
+def test_a_skipped_step_is_not_updated(peft_tiny):
+    """What a GradScaler does on overflow: step() is not called, the weights stay as they were."""
+    model, inputs = peft_tiny
+    lora = traced_step(model, inputs.full, torch.optim.AdamW(trainable(model), lr=1e-3), step=False)
+    assert {r["status"] for r in lora.values()} == {"not_updated"}
+    assert all("never stepped" in r["cause"] and r["optimizer_steps"] == 0 for r in lora.values())
+
+
+def test_every_label_masked_is_loss_masked(peft_tiny):
+    model, inputs = peft_tiny
+    batch = dict(inputs.full, labels=torch.full_like(inputs.full["labels"], -100))
+    with Tracer(model) as tr:
+        loss = model(**batch).loss
+        loss.backward()
+    assert torch.isnan(loss)  # the mean over zero target tokens
+    lora = tr.result()["lora"]
+    assert {r["status"] for r in lora} == {"loss_masked"}
+    assert all("every label is -100" in r["cause"] for r in lora)
+
+
+def test_no_optimizer_keeps_zero_init_and_no_step_fields(peft_tiny):
+    model, inputs = peft_tiny
+    with Tracer(model) as tr:
+        model(**inputs.full).loss.backward()
+    lora = tr.result()["lora"]
+    assert {r["status"] for r in lora} == {"zero_init"}
+    assert all(r["in_optimizer"] is None and r["stepped"] is None for r in lora)
+
+
+def test_optimizer_hooks_do_not_outlive_the_block(peft_tiny):
+    model, inputs = peft_tiny
+    optimizer = torch.optim.AdamW(trainable(model), lr=1e-3)
+    traced_step(model, inputs.full, optimizer)
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+
+
+def test_accumulated_norms_are_read_before_clipping(peft_tiny):
+    """Two micro-batches, then clip_grad_norm_ to almost nothing, then the step: the norm reported is the
+    accumulated gradient's, as plain autograd accumulates it, not the clipped one."""
+    model, inputs = peft_tiny
+    target = model.base_model.model.model.audio_tower.layers[1].self_attn.q_proj.lora_B["default"].weight
+    for _ in range(2):
+        model(**inputs.full).loss.backward()
+    plain = float(target.grad.norm())
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.SGD(trainable(model), lr=0.1)
+    with Tracer(model, optimizer=optimizer) as tr:
+        for _ in range(2):
+            model(**inputs.full).loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable(model), max_norm=1e-6)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    row = next(r for r in tr.result()["lora"] if r["path"].endswith("audio_tower.layers.1.self_attn.q_proj"))
+    assert row["grad_norm_B"] == pytest.approx(plain, rel=1e-5) and plain > 1e-5  # clipped, it would be < 1e-6
+    assert row["status"] == "ok"
