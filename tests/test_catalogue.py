@@ -53,6 +53,8 @@ CASES = [
     ("flag-warmup", ["--warmup", "-1", "--static-only"], "--warmup -1: must be 0 or more"),
     ("flag-dtype", ["--dtype", "float8", "--static-only"], "--dtype 'float8': choose one of auto, float32, bfloat16, float16"),
     ("flag-device", ["--device", "tpu", "--static-only"], "--device 'tpu': choose auto, cpu, cuda or cuda:N"),
+    ("flag-steps", ["--steps", "-1", "--static-only"], "--steps -1: must be 0 or more"),
+    ("flag-lr", ["--lr", "-0.1", "--static-only"], "--lr -0.1: must be 0 or more"),
     ("flag-cuda-absent", ["--device", "cuda", "--static-only"], "--device cuda: CUDA is not available on this machine"),
     ("flag-device-map-without-model", ["--device-map", "auto", "--static-only"], "--device-map needs --model"),
     ("flag-depth", ["--depth", "-2", "--static-only"], "--depth -2: must be 0 or more"),

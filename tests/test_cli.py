@@ -77,7 +77,7 @@ def test_model_dir_with_device_map_runs_and_traces(capsys, tmp_path):
     assert code == 0, stdout
     data = json.loads(out.read_text())
     assert {r["status"] for r in data["runs"].values()} == {"ok"}
-    assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"zero_init": 6}
+    assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"ok": 6}
 
 
 def test_package_exports_are_lazy_and_real():

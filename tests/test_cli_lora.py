@@ -23,7 +23,7 @@ def test_default_auto_targets_and_diagnosis_json(capsys, tmp_path):
     data = json.loads(out.read_text())
     assert data["lora_setup"]["target_modules"] == ["fc1", "fc2", "k_proj", "out_proj", "q_proj", "v_proj"]
     tower = data["runs"]["audio_tower"]
-    assert tower["lora_summary"] == {"audio_encoder": {"zero_init": 12}, "language_model": {"not_executed": 6}}
+    assert tower["lora_summary"] == {"audio_encoder": {"ok": 12}, "language_model": {"not_executed": 6}}
     row = tower["lora"][0]
     assert set(row) >= {"path", "adapter", "component", "executed", "grad_enabled", "grad_norm_A", "grad_norm_B",
                         "status", "cause", "hint"}

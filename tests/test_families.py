@@ -41,10 +41,10 @@ def test_whisper_full_forward_is_encoder_plus_decoder_on_the_target(whisper_repo
 
 def test_whisper_decoder_lora_is_diagnosed(whisper_report):
     r = whisper_report
-    assert r.runs["audio_tower"].lora_summary == {"audio_encoder": {"zero_init": 12},
+    assert r.runs["audio_tower"].lora_summary == {"audio_encoder": {"ok": 12},
                                                   "language_model": {"not_executed": 20}}
-    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"zero_init": 12},
-                                                   "language_model": {"zero_init": 20}}
+    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"ok": 12},
+                                                   "language_model": {"ok": 20}}
 
 
 def test_whisper_claims_all_hold(whisper_report):
@@ -83,7 +83,7 @@ def test_whisper_checkpoint_directory_through_the_cli(tmp_path, capsys, root):
     import json
     data = json.loads(out.read_text())
     assert {n: r["status"] for n, r in data["runs"].items()} == {"audio_tower": "ok", "full_forward": "ok"}
-    assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"zero_init": 20}
+    assert data["runs"]["full_forward"]["lora_summary"]["language_model"] == {"ok": 20}
     assert all(v["verdict"] != "refuted" for v in data["confirmation"])
 
 
@@ -120,8 +120,8 @@ def test_audioflamingo3_takes_its_mask_and_its_own_audio_token(root):
     sound = processor.audio_token_id
     assert int((r.inputs.full["input_ids"] == sound).sum()) == r.inputs.accounting.audio_tokens == 105
     assert "refuted" not in {v.verdict for v in r.verdicts}
-    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"zero_init": 12},
-                                                   "language_model": {"zero_init": 6}}
+    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"ok": 12},
+                                                   "language_model": {"ok": 6}}
 
 
 def _importable(name):

@@ -77,7 +77,7 @@ def test_failing_strategy_exit_3_other_intact_outputs_written(monkeypatch, capsy
     assert "[RUN full_forward] FAILED: " + reason in stdout
     data = json.loads(out.read_text())
     assert data["runs"]["audio_tower"]["status"] == "ok"
-    assert data["runs"]["audio_tower"]["lora_summary"]["audio_encoder"] == {"zero_init": 12}
+    assert data["runs"]["audio_tower"]["lora_summary"]["audio_encoder"] == {"ok": 12}
     failed = data["runs"]["full_forward"]
     assert failed["status"] == "failed" and failed["reason"].startswith(reason)
     if "forward" in reason:

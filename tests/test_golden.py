@@ -9,8 +9,9 @@ import pytest
 from tracer.cli import main
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
-# a byte count with its unit (the unit changes with the size), or a decimal number (times, ratios, losses)
-VARYING = re.compile(r"\b\d[\d,]*(?:\.\d+)? ?(?:B|KiB|MiB|GiB)\b|\d[\d,]*\.\d+")
+# a byte count with its unit (the unit changes with the size), or a decimal number (times, ratios, losses,
+# gradient norms, in plain or scientific notation)
+VARYING = re.compile(r"\b\d[\d,]*(?:\.\d+)? ?(?:B|KiB|MiB|GiB)\b|\d+(?:\.\d+)?e[-+]\d+|\d[\d,]*\.\d+")
 
 
 def mask(text: str) -> str:

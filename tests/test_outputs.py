@@ -76,7 +76,7 @@ def test_diff_of_the_two_strategies_lists_the_lm_as_only_in_full_forward(written
     text = capsys.readouterr().out
     assert "executed only in B: lm_head, model.language_model, model.language_model.layers.0-1 ×2" in text
     assert re.search(r"LoRA model\.language_model\.layers\.0-1\.self_attn\.\{q,k,v\}_proj \(6\): "
-                     r"not_executed -> zero_init", text)
+                     r"not_executed -> ok", text)
     result = json.loads(out.read_text())[0]
     assert result["only_in_b"] == ["lm_head", "model.language_model", "model.multi_modal_projector"]
     assert result["only_in_a"] == []

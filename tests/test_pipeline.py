@@ -40,8 +40,8 @@ def test_trace_clip_is_what_the_cli_writes(capsys, root, tmp_path, monkeypatch):
     report = trace_clip("samples/sample.wav", options=FAST)
     # through JSON, as the CLI writes it (tuples become lists)
     same_apart_from_times(cli, json.loads(json.dumps(report.to_dict(), default=str)))
-    assert cli["runs"]["full_forward"]["lora_summary"] == {"audio_encoder": {"zero_init": 12},
-                                                          "language_model": {"zero_init": 6}}
+    assert cli["runs"]["full_forward"]["lora_summary"] == {"audio_encoder": {"ok": 12},
+                                                          "language_model": {"ok": 6}}
     assert not report.failed and report.notes[0].startswith("built-in tiny Qwen2-Audio with RANDOM weights")
 
 

@@ -112,3 +112,49 @@ def test_accumulated_norms_are_read_before_clipping(peft_tiny):
     row = next(r for r in tr.result()["lora"] if r["path"].endswith("audio_tower.layers.1.self_attn.q_proj"))
     assert row["grad_norm_B"] == pytest.approx(plain, rel=1e-5) and plain > 1e-5  # clipped, it would be < 1e-6
     assert row["status"] == "ok"
+
+
+def test_three_steps_every_executed_layer_ok_with_a_trajectory_and_the_adapter_put_back(root):
+    import models
+
+    from tracer import TraceOptions, trace_clip
+    model = models.builtin_model()
+    report = trace_clip(f"{root}/samples/sample.wav", model, options=TraceOptions(repeats=1, warmup=0, steps=3))
+    full = report.runs["full_forward"]
+    assert {r.status for r in full.lora} == {"ok"}
+    assert all(len(points) == 3 for points in full.lora_trajectory.values())
+    assert [p["step"] for p in next(iter(full.lora_trajectory.values()))] == [1, 2, 3]
+    tower = report.runs["audio_tower"]
+    assert {r.status for r in tower.lora if r.executed} == {"ok"}
+    # each strategy started from the fresh adapter, and the caller gets it back as it was
+    first_b = [p[0]["update_ratio_B"] for p in full.lora_trajectory.values()]
+    assert all(r is not None and r > 0 for r in first_b)
+    peft_model = report.model
+    assert all(not bool(p.detach().any()) for n, p in peft_model.named_parameters() if "lora_B" in n)
+    assert report.lora_diagnosis.trajectory_flags == {"audio_tower": [], "full_forward": []}
+
+
+def test_steps_zero_is_the_fresh_adapter(root):
+    from tracer import TraceOptions, trace_clip
+    report = trace_clip(f"{root}/samples/sample.wav", options=TraceOptions(repeats=1, warmup=0, steps=0))
+    assert report.runs["full_forward"].lora_summary == {"audio_encoder": {"zero_init": 12},
+                                                        "language_model": {"zero_init": 6}}
+    assert report.runs["full_forward"].lora_trajectory is None
+
+
+def test_trajectory_flags():
+    from tracer.diagnosis import trajectory_flags
+
+    def point(a, b, ra=0.01, rb=0.01):
+        return {"grad_norm_A": a, "grad_norm_B": b, "update_ratio_A": ra, "update_ratio_B": rb}
+    trajectory = {
+        "dies|default": [point(1.0, 1.0), point(0.5, 0.0)],
+        "explodes|default": [point(1.0, 1.0), point(1.0, 5000.0)],
+        "nan|default": [point(1.0, float("nan"))],
+        "still|default": [point(1.0, 1.0, 0.0, 0.0), point(1.0, 1.0, 0.0, 0.0)],
+        "fine|default": [point(1.0, 1.0), point(1.2, 0.9)],
+        "unreached|default": [point(None, None, 0.0, 0.0)],
+    }
+    flags = {(f["path"], f["flag"], f["side"]) for f in trajectory_flags(trajectory)}
+    assert flags == {("dies", "dies", "B"), ("explodes", "explodes", "B"), ("nan", "explodes", "B"),
+                     ("still", "never_moves", None)}

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which encoding strategies to run (default both)")
     run.add_argument("--repeats", type=int, default=3, help="timed untraced passes per strategy (default 3)")
     run.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
+    run.add_argument("--steps", type=int, default=1, metavar="N",
+                     help="real AdamW steps of the LoRA parameters per strategy on the clip, each traced; the "
+                          "diagnosis is the last step's, with per-layer trajectories (default 1; 0: no step, "
+                          "a fresh adapter then shows zero_init)")
+    run.add_argument("--lr", type=float, default=1e-3, help="learning rate of those steps (default 1e-3)")
     run.add_argument("--loss", default="pooled_l2", choices=LOSSES,
                      help="audio_tower surrogate loss on the encoder output pooled over the clip's frames: "
                           "squared L2 norm of the mean (default) or the plain mean")

@@ -176,3 +176,24 @@ def dead_groups(records: list[LoraLayerRecord]) -> list[dict]:
 def dead_groups_of(run) -> list[dict]:
     """dead_groups() of a RunRecord's LoRA layers."""
     return dead_groups(list(run.lora or ()))
+
+
+def trajectory_flags(trajectory: dict | None) -> list[dict]:
+    """Layers whose course over the steps says something: ``dies`` (a gradient norm falls to 0 after being
+    non-zero), ``explodes`` (non-finite, or more than 1000x its first non-zero value), ``never_moves`` (no
+    step changed it). ``trajectory``: RunRecord.lora_trajectory."""
+    flags = []
+    for key, points in (trajectory or {}).items():
+        path, _, adapter = key.rpartition("|")
+        for side in ("A", "B"):
+            norms = [p[f"grad_norm_{side}"] for p in points if p[f"grad_norm_{side}"] is not None]
+            first = next((n for n in norms if n), None)
+            if any(not math.isfinite(n) for n in norms) or (first and max(norms) > 1000 * first):
+                flags.append({"path": path, "adapter": adapter, "flag": "explodes", "side": side})
+            elif first and norms[-1] == 0.0:
+                flags.append({"path": path, "adapter": adapter, "flag": "dies", "side": side})
+        ratios = [p[r] for p in points for r in ("update_ratio_A", "update_ratio_B") if p[r] is not None]
+        arrived = any(p["grad_norm_A"] is not None or p["grad_norm_B"] is not None for p in points)
+        if arrived and not any(ratios):  # (a layer no gradient reached is reported as such already)
+            flags.append({"path": path, "adapter": adapter, "flag": "never_moves", "side": None})
+    return flags

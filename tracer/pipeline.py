@@ -43,6 +43,8 @@ class TraceOptions:
     allow_pickle: bool = False
     static_only: bool = False
     keep_calls: bool = False  # per-call records in each run (the Chrome trace needs them)
+    steps: int = 1  # real AdamW steps of the LoRA parameters per strategy, each traced (0: no step)
+    lr: float = 1e-3
     progress: bool = False  # tqdm bars on stderr during the timed passes
 
     def validate(self) -> None:
@@ -60,6 +62,10 @@ class TraceOptions:
                                         ("--adapter", self.adapter)) if on]
         if len(chosen) > 1:
             raise TracerError(f"{' and '.join(chosen)} exclude each other")
+        if self.steps < 0:
+            raise TracerError(f"--steps {self.steps}: must be 0 or more")
+        if not self.lr >= 0:
+            raise TracerError(f"--lr {self.lr}: must be 0 or more")
         if self.lora_r < 1:
             raise TracerError(f"--lora-r {self.lora_r}: must be at least 1")
         if self.dtype not in DTYPES:
@@ -255,7 +261,7 @@ def _prepared(prepare, trace: _Draft, options: TraceOptions):
 
 def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer) -> None:
     from .confirmation import confirm
-    from .diagnosis import dead_groups_of
+    from .diagnosis import dead_groups_of, trajectory_flags
     from .discovery import static_report
     from .strategies import RunOptions, compare, run_strategies
     if loaded.on_meta:
@@ -270,7 +276,8 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         observe("lora", trace.freeze(), None)
     trace.model, trace.run_static = model, run_report
     run_options = RunOptions(repeats=options.repeats, warmup=options.warmup, loss=options.loss,
-                             progress=options.progress, keep_calls=options.keep_calls)
+                             progress=options.progress, keep_calls=options.keep_calls, steps=options.steps,
+                             lr=options.lr)
     names = STRATEGIES if options.strategy == "both" else (options.strategy,)
     for name in names:
         trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))
@@ -284,4 +291,6 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         trace.lora_diagnosis = LoraDiagnosis(
             requested_gaps=tuple(requested_gaps(report, trace.lora_setup.target_modules)) if explicit else (),
             suggested_target_modules=suggest_targets(report),
-            dead_groups={name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None})
+            dead_groups={name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None},
+            trajectory_flags={name: trajectory_flags(run.lora_trajectory) for name, run in trace.runs.items()
+                              if run.lora_trajectory is not None})

@@ -169,6 +169,7 @@ class RunRecord:
     clock: str | None = None
     lora: tuple | None = None  # LoraLayerRecord, when the model has LoRA layers
     lora_summary: dict | None = None  # {component: {status: count}}
+    lora_trajectory: dict | None = None  # "path|adapter" -> per step: grad norms A/B, update ratios A/B
     calls: tuple | None = None  # CallRecord, kept for the Chrome trace only (not in the JSON)
 
     @property
@@ -201,6 +202,8 @@ class RunRecord:
         if self.lora is not None:
             d["lora"] = [r.to_dict() for r in self.lora]
             d["lora_summary"] = self.lora_summary
+        if self.lora_trajectory is not None:
+            d["lora_trajectory"] = self.lora_trajectory
         return d
 
 
@@ -244,10 +247,11 @@ class LoraDiagnosis:
     requested_gaps: tuple  # {"name", "component", "use_instead"}
     suggested_target_modules: dict  # {"strategy", "list", "regex", "note"}
     dead_groups: dict  # strategy -> [{"pattern", "status", "count", "cause", "hint"}]
+    trajectory_flags: dict = field(default_factory=dict)  # strategy -> [{"path", "adapter", "flag", "side"}]
 
     def to_dict(self) -> dict:
         return {"requested_gaps": list(self.requested_gaps), "suggested_target_modules": self.suggested_target_modules,
-                "dead_groups": self.dead_groups}
+                "dead_groups": self.dead_groups, "trajectory_flags": self.trajectory_flags}
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
         for g in groups:
             out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
                        + (f"; fix: {g['hint']}" if g["hint"] else ""))
+    out += _trajectory_lines(runs, diagnosis)
     if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")
@@ -122,6 +123,38 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
     out.append(f"  suggested target_modules for {s['strategy']}: {s['list']}, or the regex r\"{s['regex']}\" "
                f"({s['note']})")
     return Section("LORA DIAGNOSIS", "did each LoRA layer get a gradient in the traced backward?", "\n".join(out))
+
+
+def _trajectory_lines(runs: dict, diagnosis) -> list:
+    """The steps, compactly: per strategy and component the median over its layers at each step."""
+    import statistics
+    rows = []
+    for name, run in runs.items():
+        by_component: dict = {}
+        component_of = {(r.path, r.adapter): r.component for r in run.lora or ()}
+        for key, points in (run.lora_trajectory or {}).items():
+            path, _, adapter = key.rpartition("|")
+            if all(p["grad_norm_A"] is None and p["grad_norm_B"] is None for p in points):
+                continue  # no gradient reached it: its status says why
+            by_component.setdefault(component_of.get((path, adapter), "other"), []).append(points)
+        for component, layers in by_component.items():
+            for i in range(len(layers[0])):
+                def median(field):
+                    values = [p[i][field] for p in layers if i < len(p) and p[i][field] is not None]
+                    return f"{statistics.median(values):.3g}" if values else "-"
+                rows.append([name, component, i + 1, median("grad_norm_A"), median("grad_norm_B"),
+                             median("update_ratio_A"), median("update_ratio_B")])
+    if not rows:
+        return []
+    out = ["  AdamW steps on the clip (median over each component's layers; the statuses above are the last "
+           "step's):",
+           tabulate(rows, headers=["strategy", "component", "step", "|grad A|", "|grad B|", "update A",
+                                   "update B"], tablefmt="simple", disable_numparse=True)]
+    for name, flags in getattr(diagnosis, "trajectory_flags", {}).items():
+        for f in flags:
+            side = f" (lora_{f['side']})" if f["side"] else ""
+            out.append(f"  ! {short(f['path'])}{side} {f['flag'].replace('_', ' ')} under {name}")
+    return out
 
 
 def render_confirmation(verdicts: list, runs: dict | None = None) -> Section:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .diagnosis import lora_layers
 from .discovery import StaticReport
 from .errors import StrategyFailed, first_line
 from .hooks import Tracer
@@ -27,6 +28,8 @@ class RunOptions:
     loss: str = "pooled_l2"
     progress: bool = False
     keep_calls: bool = False  # per-call records, for the Chrome trace
+    steps: int = 0  # real AdamW steps on the LoRA parameters, each traced (0: one traced pass, no step)
+    lr: float = 1e-3
 
 
 def tower_loss(hidden: torch.Tensor, valid_tokens: int | None, loss: str) -> torch.Tensor:
@@ -96,19 +99,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         memory = _memory_pass(step, model, device)
     except Exception as e:
         raise StrategyFailed(e, _locate_failure(step, model, report)) from e
-    model.zero_grad(set_to_none=True)
-    tracer = Tracer(model, component_of=report.component_of, memory=False)
-    try:
-        with tracer:
-            t0 = time.perf_counter()
-            loss = step()
-            if loss.requires_grad:
-                loss.backward()
-            _sync(device)
-            traced_ms = (time.perf_counter() - t0) * 1e3
-    except Exception as e:
-        raise StrategyFailed(e, tracer.failed_in) from e  # the last module that ran, for the report
-    facts = run_facts(tracer.collected(), model, report.component_of)
+    facts, traced_ms, loss, trajectory = _traced_steps(step, model, report, options, device)
     calls = _with_memory(facts.calls, memory.by_call)
     modules = _with_module_memory(facts.modules, calls)
     untraced_ms = statistics.median(forward) + statistics.median(backward)
@@ -131,7 +122,45 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         stages=stages, modules=modules, never_called=facts.never_called,
         total_forward_ms=facts.total_forward_ms, total_backward_ms=facts.total_backward_ms, clock=facts.clock,
         failed_in=facts.failed_in, lora=facts.lora, lora_summary=facts.lora_summary,
-        calls=calls if options.keep_calls else None)
+        lora_trajectory=trajectory, calls=calls if options.keep_calls else None)
+
+
+def _traced_steps(step, model, report, options: RunOptions, device):
+    """The traced pass, or with LoRA layers and ``options.steps`` N real AdamW steps on the same batch, each
+    traced (the diagnosis is the last step's). The LoRA weights are put back afterwards, so the other
+    strategy (and the caller) start from the same adapter. Returns (facts, traced ms, loss, trajectory)."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    stepping = options.steps > 0 and bool(trainable) and bool(lora_layers(model))
+    optimizer = torch.optim.AdamW(trainable.values(), lr=options.lr) if stepping else None
+    initial = {n: p.detach().clone() for n, p in trainable.items()} if stepping else {}
+    trajectory: dict = {}
+    try:
+        for index in range(options.steps if stepping else 1):
+            model.zero_grad(set_to_none=True)
+            tracer = Tracer(model, component_of=report.component_of, memory=False, optimizer=optimizer)
+            try:
+                with tracer:
+                    t0 = time.perf_counter()
+                    loss = step()
+                    if loss.requires_grad:
+                        loss.backward()
+                    _sync(device)
+                    traced_ms = (time.perf_counter() - t0) * 1e3  # NB: forward + backward, as the untraced passes
+                    if optimizer is not None:
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+            except Exception as e:
+                raise StrategyFailed(e, tracer.failed_in) from e  # the last module that ran, for the report
+            facts = run_facts(tracer.collected(), model, report.component_of)
+            for r in facts.lora or () if stepping else ():
+                trajectory.setdefault(f"{r.path}|{r.adapter}", []).append(
+                    {"step": index + 1, "grad_norm_A": r.grad_norm_A, "grad_norm_B": r.grad_norm_B,
+                     "update_ratio_A": r.update_ratio_A, "update_ratio_B": r.update_ratio_B})
+    finally:
+        with torch.no_grad():
+            for name, value in initial.items():
+                trainable[name].copy_(value)
+    return facts, traced_ms, loss, (trajectory or None)
 
 
 @dataclass(frozen=True)
