@@ -85,3 +85,7 @@ def test_package_exports_are_lazy_and_real():
     from tracer.discovery import static_report
     from tracer.hooks import Tracer
     assert tracer.Tracer is Tracer and tracer.static_report is static_report
+    from tracer.callback import TracerCallback
+    from tracer.pipeline import TraceOptions, TraceReport, trace_clip
+    assert tracer.TracerCallback is TracerCallback and tracer.trace_clip is trace_clip
+    assert tracer.TraceOptions is TraceOptions and tracer.TraceReport is TraceReport

@@ -3,7 +3,7 @@
 Heavy imports (torch, transformers, peft) are deferred so ``bin/trace --help`` stays fast.
 """
 __version__ = "0.1.0"
-__all__ = ["Tracer", "static_report", "trace_clip", "TraceOptions", "TraceReport", "TracerError"]
+__all__ = ["Tracer", "TracerCallback", "static_report", "trace_clip", "TraceOptions", "TraceReport", "TracerError"]
 
 
 def __getattr__(name):
@@ -16,6 +16,9 @@ def __getattr__(name):
     if name in ("trace_clip", "TraceOptions", "TraceReport"):
         from . import pipeline
         return getattr(pipeline, name)
+    if name == "TracerCallback":
+        from .callback import TracerCallback
+        return TracerCallback
     if name == "TracerError":
         from .errors import TracerError
         return TracerError

@@ -1,0 +1,70 @@
+"""TracerCallback in a real transformers.Trainer: the built-in tiny Qwen2-Audio with LoRA, a few clips'
+worth of batches, gradient accumulation 2, CPU, offline."""
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from test_hooks import hook_counts
+from test_strategies_support import tiny_inputs
+from transformers import Trainer, TrainingArguments
+
+from tracer.callback import TracerCallback
+
+
+class Batches(torch.utils.data.Dataset):
+    """The clip's full_forward inputs, one example per item (the Trainer's collator stacks them)."""
+
+    def __init__(self, full: dict, n: int):
+        self.item = {k: v[0] for k, v in full.items()}
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return dict(self.item)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    target = model.base_model.model.model.audio_tower.layers[0].self_attn.q_proj.lora_B["default"].weight
+    accumulated = []  # what plain autograd accumulated, seen by an independent hook of the test's own
+    handle = target.register_post_accumulate_grad_hook(lambda p: accumulated.append(float(p.grad.norm())))
+    out = tmp_path_factory.mktemp("trainer")
+    callback = TracerCallback(steps=(1, 2), output_dir=str(out / "traces"))
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                             max_steps=3, learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
+                             logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Batches(inputs.full, 8), callbacks=[callback])
+    trainer.train()
+    handle.remove()
+    return model, trainer, callback, accumulated, out
+
+
+def test_the_listed_steps_are_traced_with_the_accumulated_norms(trained):
+    model, _, callback, accumulated, _ = trained
+    assert sorted(callback.results) == [1, 2]
+    for step in (1, 2):
+        rows = {r["path"]: r for r in callback.results[step]["lora"]}
+        row = rows["base_model.model.model.audio_tower.layers.0.self_attn.q_proj"]
+        # micro-batches 2 and 4 end the accumulation of steps 1 and 2
+        assert row["grad_norm_B"] == pytest.approx(accumulated[2 * step - 1], rel=1e-5)
+        assert row["in_optimizer"] and row["stepped"] and row["optimizer_steps"] == 1
+        assert {r["status"] for r in rows.values()} == {"ok"}
+
+
+def test_no_hook_outlives_the_traced_steps(trained):
+    model, trainer, _, _, _ = trained
+    assert hook_counts(model) == 0
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert not inner._optimizer_step_pre_hooks and not inner._optimizer_step_post_hooks
+
+
+def test_results_are_written_per_step(trained):
+    import json
+    _, _, callback, _, out = trained
+    written = sorted(p.name for p in (out / "traces").iterdir())
+    assert written == ["trace-step1.json", "trace-step2.json"]
+    data = json.loads((out / "traces" / "trace-step2.json").read_text())
+    assert data["lora_summary"] == callback.results[2]["lora_summary"]
