@@ -158,3 +158,43 @@ def test_trajectory_flags():
     flags = {(f["path"], f["flag"], f["side"]) for f in trajectory_flags(trajectory)}
     assert flags == {("dies", "dies", "B"), ("explodes", "explodes", "B"), ("nan", "explodes", "B"),
                      ("still", "never_moves", None)}
+
+
+def test_embedding_adapters_are_diagnosed_and_a_freezing_loop_that_misses_them_shows(root):
+    """An Embedding's LoRA lives in lora_embedding_A/B, not lora_A/B: it is diagnosed like the others, and
+    a freezing loop that only re-enables '.lora_A.'/'.lora_B.' names leaves it frozen (unsloth#9331)."""
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"]))
+    for name, param in model.named_parameters():  # the loop users write
+        param.requires_grad = ".lora_A." in name or ".lora_B." in name
+    optimizer = torch.optim.AdamW(trainable(model), lr=1e-3)
+    lora = traced_step(model, inputs.full, optimizer)
+    embed = lora["model.language_model.embed_tokens"]
+    assert embed["status"] == "frozen" and "requires_grad=False" in embed["cause"]
+    assert {r["status"] for p, r in lora.items() if p.endswith("q_proj")} == {"ok"}
+    # unfrozen, it trains like the rest
+    for name, param in model.named_parameters():
+        param.requires_grad = "lora_" in name
+    lora = traced_step(model, inputs.full, torch.optim.AdamW(trainable(model), lr=1e-3))
+    embed = lora["model.language_model.embed_tokens"]
+    # peft starts an Embedding's lora_embedding_A at zero (the reverse of Linear): A gets the gradient
+    assert embed["status"] == "ok" and embed["stepped"] and embed["grad_norm_A"] > 0
+
+
+def test_a_grad_scaler_skipping_an_overflowed_step_is_not_updated(peft_tiny):
+    """A real torch.amp.GradScaler: an inf in the loss overflows the gradients, scaler.step() skips the
+    optimizer's step, the LoRA weights stay put."""
+    model, inputs = peft_tiny
+    optimizer = torch.optim.AdamW(trainable(model), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with Tracer(model, optimizer=optimizer) as tr:
+        loss = model(**inputs.full).loss * float("inf")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    assert scaler.get_scale() < 65536.0  # it backed off: the step was skipped
+    lora = tr.result()["lora"]
+    # the cause the user must fix is the inf, so that is the status; the record shows no step was taken
+    assert {r["status"] for r in lora} == {"nonfinite"}
+    assert all(r["optimizer_steps"] == 0 and r["stepped"] is False for r in lora)

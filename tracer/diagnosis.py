@@ -6,23 +6,15 @@ Reads what the traced pass saw (executed? grad mode? gradient at the output?) an
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 
+from .lora_params import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
 from .naming import collapse_paths
 from .records import LoraLayerRecord
 from .vocab import LORA_STATUSES
 
 STATUSES = LORA_STATUSES
-
-
-def lora_layers(model) -> list[tuple[str, object]]:
-    """(path, layer) for every PEFT LoRA layer; empty when peft was never imported (it cannot be in use)."""
-    if "peft" not in sys.modules:
-        return []
-    from peft.tuners.lora import LoraLayer
-    return [(path, m) for path, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
 def _norm(param) -> float | None:
@@ -53,8 +45,7 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
     modules_by_path = dict(model.named_modules())  # once, not per layer
     out = []
     for path, layer in lora_layers(model):
-        for adapter in layer.lora_A.keys():
-            a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        for adapter, a, b in lora_params(layer):
             magnitude = getattr(layer, "lora_magnitude_vector", None)
             mag = magnitude[adapter].weight if magnitude is not None and adapter in magnitude else None
             rec = records.get(path)
@@ -112,7 +103,7 @@ def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms)
         return ("frozen", f"lora_A/lora_B of adapter '{adapter}' have requires_grad=False",
                 "call model.train() on the PeftModel / set requires_grad_(True) on the LoRA parameters, "
                 "or load the adapter with is_trainable=True")
-    if branch is None or not branch.executed:
+    if adapter in layer.lora_A and (branch is None or not branch.executed):  # an Embedding's has no module
         if getattr(layer, "merged", False):
             return ("disabled", "the adapter is merged into the base weights, so the LoRA branch did not run",
                     "call unmerge_adapter() before training")

@@ -8,10 +8,11 @@ LoRA weights, which are small). It imports neither the diagnosis nor the static 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
+
+from .lora_params import lora_layers, lora_params
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,6 @@ class StepFacts:
     update_ratio_B: float | None  # ||dB|| / ||B||, or against ||A|| x scale while B was still zero
 
 
-def _lora_layers(model):
-    if "peft" not in sys.modules:  # peft never imported: no LoRA layer can be in use
-        return []
-    from peft.tuners.lora import LoraLayer
-    return [(path, m) for path, m in model.named_modules() if isinstance(m, LoraLayer)]
-
-
 def _norm(t) -> float | None:
     return None if t is None else float(torch.linalg.vector_norm(t.detach(), dtype=torch.float32))
 
@@ -43,14 +37,15 @@ class StepWatcher:
 
     def __init__(self, model, optimizer):
         self.optimizer = optimizer
-        self.layers = [(path, layer, adapter) for path, layer in _lora_layers(model) for adapter in layer.lora_A.keys()]
+        self.layers = [(path, adapter, a, b, layer) for path, layer in lora_layers(model)
+                       for adapter, a, b in lora_params(layer)]
         self.steps = 0
         self._before: dict = {}
         self._last: dict = {}
         self._grad_norms: dict = {}  # id(param) -> norm tensor of its accumulated gradient (no sync here)
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
-        for _, layer, adapter in self.layers:
-            for param in (layer.lora_A[adapter].weight, layer.lora_B[adapter].weight):
+        for _, _, a, b, _ in self.layers:
+            for param in (a, b):
                 if param.requires_grad:
                     self._handles.append(param.register_post_accumulate_grad_hook(self._grad))
 
@@ -72,8 +67,7 @@ class StepWatcher:
     def _pre(self, optimizer, args, kwargs) -> None:
         groups = self._groups()
         self._before = {}
-        for path, layer, adapter in self.layers:
-            a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        for path, adapter, a, b, layer in self.layers:
             self._before[(path, adapter)] = (a.detach().clone(), b.detach().clone(), self._grad_norm(a),
                                              self._grad_norm(b),
                                              id(a) in groups and id(b) in groups,
@@ -81,9 +75,9 @@ class StepWatcher:
 
     def _post(self, optimizer, args, kwargs) -> None:
         self.steps += 1
-        for path, layer, adapter in self.layers:
+        for path, adapter, a, b, _ in self.layers:
             a_old, b_old, grad_a, grad_b, in_opt, lr, scale = self._before[(path, adapter)]
-            a, b = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+            a, b = a.detach(), b.detach()
             da, db = _norm(a - a_old), _norm(b - b_old)
             norm_a, norm_b = _norm(a_old), _norm(b_old)
             ratio_a = da / norm_a if norm_a else None
@@ -98,8 +92,7 @@ class StepWatcher:
             return dict(self._last)
         groups = self._groups()
         out = {}
-        for path, layer, adapter in self.layers:
-            a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        for path, adapter, a, b, _ in self.layers:
             out[(path, adapter)] = StepFacts(id(a) in groups and id(b) in groups, groups.get(id(b), groups.get(id(a))),
                                              0, False, self._grad_norm(a), self._grad_norm(b), None, None)
         return out
