@@ -63,3 +63,22 @@ def test_lora_only_in_lm_audio_tower_has_no_backward_but_runs(capsys, tmp_path):
     assert "no backward: nothing this strategy runs requires grad" in stdout
     tower = json.loads(out.read_text())["runs"]["audio_tower"]
     assert tower["status"] == "ok" and tower["lora_summary"] == {"language_model": {"not_executed": 2}}
+
+
+def test_layers_left_out_by_layers_to_transform_are_reported_as_not_targeted(tmp_path, root):
+    """layers_to_transform=[0]: layer 1's q_proj in the encoder and in the LM carry no LoRA. They are not
+    dead layers (never asked for) but the target check says so, per component."""
+    import json as _json
+
+    from tracer import TraceOptions, trace_clip
+    config = tmp_path / "lora.json"
+    config.write_text(_json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [0]}))
+    report = trace_clip(f"{root}/samples/sample.wav",
+                        options=TraceOptions(repeats=1, warmup=0, lora_config=str(config)))
+    assert report.lora_setup.layers == 2
+    assert list(report.lora_diagnosis.not_targeted) == [
+        {"pattern": "base_model.model.model.audio_tower.layers.1.self_attn.q_proj", "count": 1,
+         "component": "audio_encoder"},
+        {"pattern": "base_model.model.model.language_model.layers.1.self_attn.q_proj", "count": 1,
+         "component": "language_model"}]
+    assert {r.status for r in report.runs["full_forward"].lora} == {"ok"}  # the two that exist are fine

@@ -105,6 +105,26 @@ def requested_gaps(report: StaticReport, target_modules) -> list[dict]:
             for g in report.target_gaps if g.name in names]
 
 
+def not_targeted(peft_model, component_of: dict) -> list[dict]:
+    """Layers with a LoRA layer's name and component that carry none: left out by ``layers_to_transform``,
+    ``layers_pattern`` or a regex. A target check, not a dead layer: they were never asked for."""
+    import torch.nn as nn
+
+    from .lora_params import lora_layers
+    from .naming import collapse_paths
+    wrapped = {path for path, _ in lora_layers(peft_model)}
+    kinds = {(path.rpartition(".")[2], component_of.get(path)) for path in wrapped}
+    left = [path for path, module in peft_model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)) and path not in wrapped
+            and (path.rpartition(".")[2], component_of.get(path)) in kinds
+            and path.rpartition(".")[0] not in wrapped]  # not a LoRA layer's own base_layer
+    by_component: dict = {}
+    for path in left:
+        by_component.setdefault(component_of.get(path, "other"), []).append(path)
+    return [{"pattern": pattern, "count": count, "component": component}
+            for component, paths in by_component.items() for pattern, count in collapse_paths(paths)]
+
+
 def suggest_targets(report: StaticReport) -> dict:
     """target_modules that attach LoRA only to what the chosen strategy runs: a list and a regex."""
     strategy = report.strategy

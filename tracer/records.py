@@ -248,10 +248,12 @@ class LoraDiagnosis:
     suggested_target_modules: dict  # {"strategy", "list", "regex", "note"}
     dead_groups: dict  # strategy -> [{"pattern", "status", "count", "cause", "hint"}]
     trajectory_flags: dict = field(default_factory=dict)  # strategy -> [{"path", "adapter", "flag", "side"}]
+    not_targeted: tuple = ()  # {"pattern", "count", "component"}: a LoRA layer's kind left without one
 
     def to_dict(self) -> dict:
         return {"requested_gaps": list(self.requested_gaps), "suggested_target_modules": self.suggested_target_modules,
-                "dead_groups": self.dead_groups, "trajectory_flags": self.trajectory_flags}
+                "dead_groups": self.dead_groups, "trajectory_flags": self.trajectory_flags,
+                "not_targeted": list(self.not_targeted)}
 
 
 @dataclass(frozen=True)

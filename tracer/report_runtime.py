@@ -116,6 +116,10 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
     if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")
+    for group in getattr(diagnosis, "not_targeted", ()):
+        out.append(f"  not targeted: {short(group['pattern'])} ({group['count']}) in {group['component']} - same "
+                   "name as LoRA layers but none attached (layers_to_transform, layers_pattern or a regex left "
+                   "them out): intended?")
     for gap in diagnosis.requested_gaps:
         instead = f"; it uses {' / '.join(gap['use_instead'])}" if gap["use_instead"] else ""
         out.append(f"  ! '{gap['name']}' was requested but matches nothing in {gap['component']}{instead}")
