@@ -247,6 +247,53 @@ def bench_memory_pass(model, inputs, report) -> dict:
     return out
 
 
+def bench_callback(steps: int = 10) -> dict:
+    """A real Trainer on the built-in model with LoRA: per-step time of untraced steps with TracerCallback
+    listing only step 1, against no callback; and the traced step itself. Medians of steps 3..N."""
+    import sys as _sys
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from tracer.callback import TracerCallback
+    _sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_strategies_support import tiny_inputs
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, *a, **k):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append((time.perf_counter() - self._t) * 1e3)
+
+    class Same(torch.utils.data.Dataset):
+        def __init__(self, full):
+            self.item = {k: v[0] for k, v in full.items()}
+
+        def __len__(self):
+            return 1000
+
+        def __getitem__(self, i):
+            return dict(self.item)
+
+    out = {}
+    for variant in ("no_callback", "callback_step1"):
+        loaded, inputs = tiny_inputs()
+        model = get_peft_model(loaded.model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+        timer = StepTimes()
+        callbacks = [TracerCallback(steps=(1,)), timer] if variant == "callback_step1" else [timer]
+        with tempfile.TemporaryDirectory() as tmp:
+            args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=1, max_steps=steps, report_to=[],
+                                     use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True)
+            Trainer(model=model, args=args, train_dataset=Same(inputs.full), callbacks=callbacks).train()
+        out[variant] = {"untraced_step_ms": statistics.median(timer.times[2:]), "first_step_ms": timer.times[0]}
+    return out
+
+
 def memory_child(variant: str) -> None:
     """In a fresh process (so the allocator has no warm cache): one fwd+bwd, its peak RSS growth."""
     model, inputs, _ = medium_model()
@@ -426,6 +473,7 @@ def main() -> int:
     results = {"machine": machine(),
                "overhead": overhead, "fidelity": bench_fidelity(model, inputs, report),
                "memory_pass": bench_memory_pass(model, inputs, report),
+               "callback": bench_callback(),
                "memory": bench_memory(), "scale": bench_scale(), "gpu": bench_gpu()}
     results["elapsed_s"] = time.perf_counter() - started
     print(render(results))
@@ -481,6 +529,14 @@ def render(r: dict) -> str:
         rows.append([f"memory pass {name} / plain fwd+bwd (a pass of its own)",
                      f"{m['memory_pass_ms'] / m['plain_ms']:.2f}×", "",
                      f"{m['memory_pass_ms']:.0f} vs {m['plain_ms']:.0f} ms; timed passes carry none of it"])
+    cb = r.get("callback")
+    if cb:
+        rows.append(["Trainer step not listed, TracerCallback present / absent",
+                     f"{cb['callback_step1']['untraced_step_ms'] / cb['no_callback']['untraced_step_ms']:.3f}×",
+                     "1.0×", f"{cb['no_callback']['untraced_step_ms']:.0f} ms a step; no hook on such steps"])
+        rows.append(["Trainer step 1 traced / untraced (with the callback)",
+                     f"{cb['callback_step1']['first_step_ms'] / cb['callback_step1']['untraced_step_ms']:.2f}×", "",
+                     "the first step also carries the Trainer's warm-up"])
     mem = r["memory"]
     rows.append(["memory: peak RSS growth traced / untraced",
                  f"{mem['peak_rss_traced_bytes'] / max(mem['peak_rss_untraced_bytes'], 1):.2f}×", "",
