@@ -65,6 +65,10 @@ def test_results_are_written_per_step(trained):
     import json
     _, _, callback, _, out = trained
     written = sorted(p.name for p in (out / "traces").iterdir())
-    assert written == ["trace-step1.json", "trace-step2.json"]
+    assert written == ["trace-step1.json", "trace-step1.md", "trace-step2.json", "trace-step2.md"]
+    md = (out / "traces" / "trace-step2.md").read_text()
+    assert md.startswith("# tracer: training step 2\n\n## Step 2: audio_encoder: 2 ok, language_model: 2 ok")
+    import re
+    assert re.search(r"\nmodel\.audio_tower\.layers\.0\.self_attn\.q_proj +ok +", md)
     data = json.loads((out / "traces" / "trace-step2.json").read_text())
     assert data["lora_summary"] == callback.results[2]["lora_summary"]

@@ -45,13 +45,16 @@ class TracerCallback(TrainerCallback):
         self._close()
         run = tracer.result()
         self.results[step] = run
-        summary = run.get("lora_summary")
-        logger.info("tracer: step %d: %s", step, summary if summary is not None else "no LoRA layers")
+        section = step_section(step, run)
+        logger.info("%s", section.text())
         if self.output_dir is not None:
             from .exporters import write_atomic
+            from .sections import markdown
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            path = self.output_dir / f"trace-step{step}.json"
-            write_atomic(str(path), lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1, default=str)))
+            stem = self.output_dir / f"trace-step{step}"
+            write_atomic(f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1, default=str)))
+            text = markdown([section], f"tracer: training step {step}") + "\n"
+            write_atomic(f"{stem}.md", lambda tmp: Path(tmp).write_text(text))
 
     def on_train_end(self, args, state, control, **kwargs):
         self._close()  # a run that stops mid-step leaves no hook behind
@@ -60,3 +63,27 @@ class TracerCallback(TrainerCallback):
         if self._tracer is not None:
             self._tracer.__exit__(None, None, None)
         self._tracer, self._step = None, None
+
+
+def step_section(step: int, run: dict):
+    """One screen for a traced training step: LoRA statuses by component, then every layer that is not
+    ``ok`` (or, when all are, the first few) with its norms and update ratios."""
+    from tabulate import tabulate
+
+    from .naming import short
+    from .sections import Section
+    lora = run.get("lora") or []
+    if not lora:
+        return Section(f"STEP {step}", "no LoRA layers in the model")
+    counts = ", ".join(f"{component}: " + ", ".join(f"{n} {status}" for status, n in per.items())
+                       for component, per in run["lora_summary"].items())
+    shown = [r for r in lora if r["status"] != "ok"] or lora[:5]
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3g}"
+    rows = [[short(r["path"]), r["status"], fmt(r["grad_norm_A"]), fmt(r["grad_norm_B"]), fmt(r["update_ratio_A"]),
+             fmt(r["update_ratio_B"])] for r in shown]
+    table = tabulate(rows, headers=["layer", "status", "|grad A|", "|grad B|", "update A", "update B"],
+                     tablefmt="simple", disable_numparse=True)
+    more = f"\n  ({len(lora) - len(shown)} more layers ok)" if len(lora) > len(shown) else ""
+    return Section(f"STEP {step}", counts, table + more)
