@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--chrome-trace", metavar="FILE", help="write a Trace Event JSON for Perfetto / "
                                                              "chrome://tracing (every module call, fwd and bwd)")
     out.add_argument("--plot", metavar="FILE.png", help="write a PNG: per-layer time, LoRA grad norms by status, "
-                                                         "the strategies compared (needs matplotlib)")
+                                                         "the LoRA course over --steps, the strategies compared "
+                                                         "(needs matplotlib)")
     out.add_argument("--markdown", metavar="FILE", help="write the whole report as Markdown")
     out.add_argument("--quiet", action="store_true", help="print only errors and the paths written")
     out.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")

@@ -63,7 +63,7 @@ def chrome_trace(runs: dict) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
 
 
-PLOT_SIZE = (10, 11)  # inches; at PLOT_DPI that is 1000 x 1100 pixels
+PLOT_SIZE = (10, 14)  # inches; at PLOT_DPI that is 1000 x 1400 pixels
 PLOT_DPI = 100
 STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "tab:gray", "frozen": "tab:blue",
                   "no_grad_mode": "tab:purple", "off_loss_path": "tab:orange", "disabled": "tab:brown",
@@ -82,7 +82,7 @@ def plot(runs: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ok = {n: r for n, r in runs.items() if r.ok}
-    fig, (layers_ax, lora_ax, cmp_ax) = plt.subplots(3, 1, figsize=PLOT_SIZE, dpi=PLOT_DPI)
+    fig, (layers_ax, lora_ax, steps_ax, cmp_ax) = plt.subplots(4, 1, figsize=PLOT_SIZE, dpi=PLOT_DPI)
     main = ok.get("full_forward") or next(iter(ok.values()), None)
     if main:
         rows = [m for m in main.modules if m.executed and LAYER_PATH.search(m.path)]
@@ -117,12 +117,46 @@ def plot(runs: dict, path: str) -> None:
     for k, (name, run) in enumerate(ok.items()):
         cmp_ax.bar([i + k * width for i in range(len(metrics))], [get(run) for _, get in metrics], width, label=name)
     cmp_ax.set_xticks([i + width * (len(ok) - 1) / 2 for i in range(len(metrics))], [m for m, _ in metrics])
+    _plot_steps(steps_ax, ok)
     cmp_ax.set_title("strategies compared")
     if ok:
         cmp_ax.legend()
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=PLOT_DPI))
     plt.close(fig)
+
+
+def _plot_steps(ax, runs: dict) -> None:
+    """Over the --steps: the median |grad lora_B| per strategy and component (solid) and the median update
+    ratio of lora_B (dashed, right axis)."""
+    import statistics
+    right = ax.twinx()
+    for name, run in runs.items():
+        component_of = {f"{r.path}|{r.adapter}": r.component for r in run.lora or ()}
+        by_component: dict = {}
+        for key, points in (run.lora_trajectory or {}).items():
+            if any(p["grad_norm_B"] is not None for p in points):
+                by_component.setdefault(component_of.get(key, "other"), []).append(points)
+        for component, layers in by_component.items():
+            steps = [p["step"] for p in layers[0]]
+
+            def median(field, i):
+                values = [pts[i][field] for pts in layers if i < len(pts) and pts[i][field] is not None]
+                return statistics.median(values) if values else float("nan")
+            label = f"{name} {COMPONENT_TAGS.get(component, component)}"
+            ax.plot(steps, [median("grad_norm_B", i) for i in range(len(steps))], marker="o", label=label)
+            right.plot(steps, [median("update_ratio_B", i) for i in range(len(steps))], linestyle="--", alpha=0.6)
+    ax.set_xlabel("AdamW step on the clip")
+    ax.set_ylabel("median |grad lora_B| (log)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.set_yscale("log")  # the two strategies' losses differ in scale by orders of magnitude
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    right.set_ylabel("median update ratio B (dashed)")
+    ax.set_title("LoRA over the steps (--steps)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no steps taken (--steps 0, or no LoRA)", ha="center", va="center", transform=ax.transAxes)
 
 
 COMPONENT_TAGS = {"audio_encoder": "enc", "language_model": "lm", "projector": "proj", "head": "head"}
