@@ -10,23 +10,42 @@ from transformers import Trainer, TrainingArguments
 from tracer.callback import TracerCallback
 
 
-class Batches(torch.utils.data.Dataset):
-    """The clip's full_forward inputs, one example per item (the Trainer's collator stacks them)."""
+class Clips(torch.utils.data.Dataset):
+    """full_forward inputs of a few real clips, one example per item (batch size 1: no padding needed)."""
 
-    def __init__(self, full: dict, n: int):
-        self.item = {k: v[0] for k, v in full.items()}
-        self.n = n
+    def __init__(self, fulls: list):
+        self.items = [{k: v[0] for k, v in full.items()} for full in fulls]
 
     def __len__(self):
-        return self.n
+        return len(self.items)
 
     def __getitem__(self, i):
-        return dict(self.item)
+        return dict(self.items[i])
+
+
+def clips_made_here(directory, loaded) -> list:
+    """Three clips cut from the shipped recording (different lengths, so different numbers of audio
+    tokens), written as files and read back as the tool reads any clip."""
+    import soundfile as sf
+    from test_strategies_support import ROOT
+
+    from tracer.audio import load_clip
+    from tracer.inputs import prepare_inputs
+    audio, rate = sf.read(f"{ROOT}/samples/sample.wav", dtype="float32")
+    encoder = loaded.model.model.audio_tower
+    fulls = []
+    for i, (start, stop) in enumerate(((0.0, 1.6), (1.0, 3.0), (1.8, 4.2))):
+        path = directory / f"clip{i}.wav"
+        sf.write(path, audio[int(start * rate): int(stop * rate)], rate)
+        fulls.append(prepare_inputs(loaded.processor, loaded.model, encoder, load_clip(str(path), 16000)).full)
+    return fulls
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    loaded, inputs = tiny_inputs()
+    loaded, _ = tiny_inputs()
+    fulls = clips_made_here(tmp_path_factory.mktemp("clips"), loaded)
+    assert len({f["input_ids"].shape[1] for f in fulls}) == 3  # really different clips
     model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
     target = model.base_model.model.model.audio_tower.layers[0].self_attn.q_proj.lora_B["default"].weight
     accumulated = []  # what plain autograd accumulated, seen by an independent hook of the test's own
@@ -36,7 +55,7 @@ def trained(tmp_path_factory):
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=2,
                              max_steps=3, learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
                              logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=Batches(inputs.full, 8), callbacks=[callback])
+    trainer = Trainer(model=model, args=args, train_dataset=Clips(fulls * 3), callbacks=[callback])
     trainer.train()
     handle.remove()
     return model, trainer, callback, accumulated, out
