@@ -192,3 +192,28 @@ def test_dora_magnitude_gradient_reported():
     for path, r in lora.items():
         key = f"base_model.model.{path}.lora_magnitude_vector.default.weight"
         assert r["grad_norm_magnitude"] == pytest.approx(plain[key], rel=1e-6)
+
+
+def test_modules_to_save_copies_are_diagnosed():
+    """PEFT trains a copy of each modules_to_save module: it must be the copy that runs and gets gradients."""
+    from tracer.strategies import RunOptions, run_strategies
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj"],
+                                                    modules_to_save=["multi_modal_projector"]))
+    runs = run_strategies(model, static_report(model), inputs, RunOptions(1, 0), torch.device("cpu"))
+    full = {m["path"]: m for m in runs["full_forward"].saved_modules}
+    tower = {m["path"]: m for m in runs["audio_tower"].saved_modules}
+    path = "base_model.model.model.multi_modal_projector"
+    assert full[path]["status"] == "ok" and full[path]["grad_norm"] > 0 and not full[path]["original_ran"]
+    assert tower[path]["status"] == "not_executed"  # the tower strategy never reaches the projector
+    # with the adapters disabled the frozen original runs instead of the trained copy
+    with model.disable_adapter(), Tracer(model) as tr:
+        model(**inputs.full)  # nothing trainable runs: no backward to take
+    saved = {m["path"]: m for m in tr.result()["saved_modules"]}
+    assert saved[path]["status"] == "original_ran"
+    model.zero_grad(set_to_none=True)
+    for p in model.base_model.model.model.multi_modal_projector.modules_to_save["default"].parameters():
+        p.requires_grad_(False)
+    with Tracer(model) as tr:
+        model(**inputs.full).loss.backward()
+    assert {m["path"]: m for m in tr.result()["saved_modules"]}[path]["status"] == "frozen"

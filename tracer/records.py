@@ -170,6 +170,7 @@ class RunRecord:
     lora: tuple | None = None  # LoraLayerRecord, when the model has LoRA layers
     lora_summary: dict | None = None  # {component: {status: count}}
     lora_trajectory: dict | None = None  # "path|adapter" -> per step: grad norms A/B, update ratios A/B
+    saved_modules: tuple | None = None  # PEFT modules_to_save copies: {"path", "adapter", "status", …}
     calls: tuple | None = None  # CallRecord, kept for the Chrome trace only (not in the JSON)
 
     @property
@@ -204,6 +205,8 @@ class RunRecord:
             d["lora_summary"] = self.lora_summary
         if self.lora_trajectory is not None:
             d["lora_trajectory"] = self.lora_trajectory
+        if self.saved_modules:
+            d["saved_modules"] = list(self.saved_modules)
         return d
 
 

@@ -113,6 +113,11 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
             out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
                        + (f"; fix: {g['hint']}" if g["hint"] else ""))
     out += _trajectory_lines(runs, diagnosis)
+    for name, run in runs.items():
+        for m in run.saved_modules or ():
+            if m["status"] != "ok":
+                out.append(f"  modules_to_save {short(m['path'])} ({m['adapter']}): {m['status']} under {name} - "
+                           f"{m['cause']}" + (f"; fix: {m['hint']}" if m["hint"] else ""))
     if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")

@@ -146,6 +146,7 @@ class RunFacts:
     failed_in: str | None
     lora: tuple | None = None  # LoraLayerRecord
     lora_summary: dict | None = None
+    saved_modules: tuple | None = None  # PEFT modules_to_save copies (diagnosis.saved_modules)
 
     def to_dict(self) -> dict:
         run = {"modules": [m.to_dict() for m in self.modules], "never_called": list(self.never_called),
@@ -154,6 +155,8 @@ class RunFacts:
         if self.lora is not None:
             run["lora"] = [r.to_dict() for r in self.lora]
             run["lora_summary"] = self.lora_summary
+        if self.saved_modules:
+            run["saved_modules"] = list(self.saved_modules)
         return run
 
 
@@ -172,7 +175,10 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
                      total_backward_ms=(max(ends) - min(starts)) / 1e6 if starts and ends else None,
                      clock=collected.clock, failed_in=collected.failed_in)
     if model is not None:
-        from .diagnosis import diagnose, lora_layers, summarize
+        from .diagnosis import diagnose, lora_layers, saved_modules, summarize
+        saved = saved_modules(model, records)
+        if saved:
+            facts = replace(facts, saved_modules=tuple(saved))
         if lora_layers(model):
             if component_of is None:
                 from .discovery import static_report

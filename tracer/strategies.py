@@ -122,7 +122,7 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         stages=stages, modules=modules, never_called=facts.never_called,
         total_forward_ms=facts.total_forward_ms, total_backward_ms=facts.total_backward_ms, clock=facts.clock,
         failed_in=facts.failed_in, lora=facts.lora, lora_summary=facts.lora_summary,
-        lora_trajectory=trajectory, calls=calls if options.keep_calls else None)
+        lora_trajectory=trajectory, saved_modules=facts.saved_modules, calls=calls if options.keep_calls else None)
 
 
 def _traced_steps(step, model, report, options: RunOptions, device):
