@@ -217,3 +217,16 @@ def test_modules_to_save_copies_are_diagnosed():
     with Tracer(model) as tr:
         model(**inputs.full).loss.backward()
     assert {m["path"]: m for m in tr.result()["saved_modules"]}[path]["status"] == "frozen"
+
+
+def test_one_side_of_tied_weights_changed_by_peft_is_reported():
+    """lm_head is tied to embed_tokens: a modules_to_save copy of lm_head (or LoRA on it) trains one side only."""
+    from tracer.lora import broken_ties
+    base = models.text_only_lm(tied=True)
+    report = static_report(base)
+    assert report.shared_parameters == [["lm_head.weight", "model.embed_tokens.weight"]]
+    wrapped = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert broken_ties(wrapped, report) == [{"module": "lm_head", "change": "modules_to_save copy",
+                                             "tied_to": "model.embed_tokens"}]
+    untouched = get_peft_model(models.text_only_lm(tied=True), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert broken_ties(untouched, report) == []

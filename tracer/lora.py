@@ -125,6 +125,24 @@ def not_targeted(peft_model, component_of: dict) -> list[dict]:
             for component, paths in by_component.items() for pattern, count in collapse_paths(paths)]
 
 
+def broken_ties(peft_model, base_report: StaticReport) -> list[dict]:
+    """Tied weights (``lm_head`` = ``embed_tokens``) where PEFT changes one side only: a LoRA layer or a
+    ``modules_to_save`` copy on one module leaves its tied partner on the original weight, so the two
+    silently stop being the same matrix in training."""
+    from .lora_params import lora_layers
+    changed = {strip_peft_prefix(path): "LoRA" for path, _ in lora_layers(peft_model)}
+    changed.update({strip_peft_prefix(path): "modules_to_save copy" for path, module in peft_model.named_modules()
+                    if getattr(module, "modules_to_save", None) is not None
+                    and getattr(module, "original_module", None) is not None})
+    out = []
+    for first, second in base_report.shared_parameters:
+        for this, other in ((first, second), (second, first)):
+            module = this.rpartition(".")[0]
+            if module in changed and other.rpartition(".")[0] not in changed:
+                out.append({"module": module, "change": changed[module], "tied_to": other.rpartition(".")[0]})
+    return out
+
+
 def suggest_targets(report: StaticReport) -> dict:
     """target_modules that attach LoRA only to what the chosen strategy runs: a list and a regex."""
     strategy = report.strategy

@@ -286,7 +286,7 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
     trace.verdicts = confirm(run_report, trace.runs, trace.freeze().clip_record(),
                              {row.path for row in run_report.tree})
     if trace.lora_setup is not None:
-        from .lora import not_targeted, requested_gaps, suggest_targets
+        from .lora import broken_ties, not_targeted, requested_gaps, suggest_targets
         explicit = options.lora_targets != "auto" or options.lora_config or options.adapter
         trace.lora_diagnosis = LoraDiagnosis(
             requested_gaps=tuple(requested_gaps(report, trace.lora_setup.target_modules)) if explicit else (),
@@ -294,4 +294,5 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
             dead_groups={name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None},
             trajectory_flags={name: trajectory_flags(run.lora_trajectory) for name, run in trace.runs.items()
                               if run.lora_trajectory is not None},
-            not_targeted=tuple(not_targeted(trace.model, run_report.component_of)))
+            not_targeted=tuple(not_targeted(trace.model, run_report.component_of)),
+            broken_ties=tuple(broken_ties(trace.model, report)))

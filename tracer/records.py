@@ -252,11 +252,12 @@ class LoraDiagnosis:
     dead_groups: dict  # strategy -> [{"pattern", "status", "count", "cause", "hint"}]
     trajectory_flags: dict = field(default_factory=dict)  # strategy -> [{"path", "adapter", "flag", "side"}]
     not_targeted: tuple = ()  # {"pattern", "count", "component"}: a LoRA layer's kind left without one
+    broken_ties: tuple = ()  # {"module", "change", "tied_to"}: one side of tied weights changed by PEFT
 
     def to_dict(self) -> dict:
         return {"requested_gaps": list(self.requested_gaps), "suggested_target_modules": self.suggested_target_modules,
                 "dead_groups": self.dead_groups, "trajectory_flags": self.trajectory_flags,
-                "not_targeted": list(self.not_targeted)}
+                "not_targeted": list(self.not_targeted), "broken_ties": list(self.broken_ties)}
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
         out.append(f"  not targeted: {short(group['pattern'])} ({group['count']}) in {group['component']} - same "
                    "name as LoRA layers but none attached (layers_to_transform, layers_pattern or a regex left "
                    "them out): intended?")
+    for tie in getattr(diagnosis, "broken_ties", ()):
+        out.append(f"  ! {tie['module']} is tied to {tie['tied_to']}, but its {tie['change']} changes it alone: the "
+                   f"two stop being one matrix in training (adapt both, or neither)")
     for gap in diagnosis.requested_gaps:
         instead = f"; it uses {' / '.join(gap['use_instead'])}" if gap["use_instead"] else ""
         out.append(f"  ! '{gap['name']}' was requested but matches nothing in {gap['component']}{instead}")
