@@ -91,3 +91,45 @@ def test_results_are_written_per_step(trained):
     assert re.search(r"\nmodel\.audio_tower\.layers\.0\.self_attn\.q_proj +ok +", md)
     data = json.loads((out / "traces" / "trace-step2.json").read_text())
     assert data["lora_summary"] == callback.results[2]["lora_summary"]
+
+
+def test_trl_sft_trainer_step_is_traced(tmp_path):
+    """TRL's SFTTrainer subclasses Trainer: the callback works there too (pre-tokenized audio batches, its
+    dataset preparation skipped, a collator that keeps input_features)."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    dataset = Dataset.from_list([{k: v[0].tolist() for k, v in inputs.full.items()}] * 4)
+
+    def collate(rows):
+        return {k: torch.tensor([row[k] for row in rows]) for k in rows[0]}
+    callback = TracerCallback(steps=(2,))
+    args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                         max_steps=2, learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
+                         logging_strategy="no", remove_unused_columns=False, disable_tqdm=True,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+    trl.SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
+                   processing_class=loaded.processor.tokenizer, callbacks=[callback]).train()
+    assert sorted(callback.results) == [2]
+    assert {r["status"] for r in callback.results[2]["lora"]} == {"ok"}
+    assert tracer_hooks(model) == []  # TRL adds hooks of its own (enable_input_require_grads): not ours
+
+
+def tracer_hooks(model) -> list:
+    """Hooks on the model whose function comes from this package."""
+    from test_hooks import HOOK_DICTS
+    found = []
+    for module in model.modules():
+        hooks = [h for d in HOOK_DICTS for h in (getattr(module, d, None) or {}).values()]
+        hooks += [h for p in module.parameters(recurse=False) for h in (p._post_accumulate_grad_hooks or {}).values()]
+        found += [h for h in hooks if getattr(getattr(h, "func", h), "__module__", "").startswith("tracer.")]
+    return found
+
+
+def test_tracer_hooks_helper_sees_ours():
+    from tracer.hooks import Tracer
+    loaded, _ = tiny_inputs()
+    with Tracer(loaded.model):
+        assert len(tracer_hooks(loaded.model)) > 100
+    assert tracer_hooks(loaded.model) == []
