@@ -227,3 +227,11 @@ def saved_modules(model, modules: list) -> list[dict]:
             out.append({"path": path, "adapter": adapter, "executed": ran, "original_ran": original_ran,
                         "grad_norm": norm, "status": status, "cause": cause, "hint": hint})
     return out
+
+
+def step_median(layers: list, step_index: int, field: str) -> float | None:
+    """The median of ``field`` over layers' trajectories at one step (layers missing it left out)."""
+    import statistics
+    values = [points[step_index][field] for points in layers
+              if step_index < len(points) and points[step_index][field] is not None]
+    return statistics.median(values) if values else None

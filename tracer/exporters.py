@@ -129,7 +129,7 @@ def plot(runs: dict, path: str) -> None:
 def _plot_steps(ax, runs: dict) -> None:
     """Over the --steps: the median |grad lora_B| per strategy and component (solid) and the median update
     ratio of lora_B (dashed, right axis)."""
-    import statistics
+    from .diagnosis import step_median
     right = ax.twinx()
     for name, run in runs.items():
         component_of = {f"{r.path}|{r.adapter}": r.component for r in run.lora or ()}
@@ -139,13 +139,11 @@ def _plot_steps(ax, runs: dict) -> None:
                 by_component.setdefault(component_of.get(key, "other"), []).append(points)
         for component, layers in by_component.items():
             steps = [p["step"] for p in layers[0]]
-
-            def median(field, i):
-                values = [pts[i][field] for pts in layers if i < len(pts) and pts[i][field] is not None]
-                return statistics.median(values) if values else float("nan")
+            grad = [step_median(layers, i, "grad_norm_B") for i in range(len(steps))]
+            ratio = [step_median(layers, i, "update_ratio_B") for i in range(len(steps))]
             label = f"{name} {COMPONENT_TAGS.get(component, component)}"
-            ax.plot(steps, [median("grad_norm_B", i) for i in range(len(steps))], marker="o", label=label)
-            right.plot(steps, [median("update_ratio_B", i) for i in range(len(steps))], linestyle="--", alpha=0.6)
+            ax.plot(steps, [float("nan") if g is None else g for g in grad], marker="o", label=label)
+            right.plot(steps, [float("nan") if r is None else r for r in ratio], linestyle="--", alpha=0.6)
     ax.set_xlabel("AdamW step on the clip")
     ax.set_ylabel("median |grad lora_B| (log)")
     if ax.get_legend_handles_labels()[0]:

@@ -139,7 +139,7 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
 
 def _trajectory_lines(runs: dict, diagnosis) -> list:
     """The steps, compactly: per strategy and component the median over its layers at each step."""
-    import statistics
+    from .diagnosis import step_median
     rows = []
     for name, run in runs.items():
         by_component: dict = {}
@@ -151,11 +151,9 @@ def _trajectory_lines(runs: dict, diagnosis) -> list:
             by_component.setdefault(component_of.get((path, adapter), "other"), []).append(points)
         for component, layers in by_component.items():
             for i in range(len(layers[0])):
-                def median(field):
-                    values = [p[i][field] for p in layers if i < len(p) and p[i][field] is not None]
-                    return f"{statistics.median(values):.3g}" if values else "-"
-                rows.append([name, component, i + 1, median("grad_norm_A"), median("grad_norm_B"),
-                             median("update_ratio_A"), median("update_ratio_B")])
+                medians = [step_median(layers, i, f) for f in ("grad_norm_A", "grad_norm_B", "update_ratio_A",
+                                                              "update_ratio_B")]
+                rows.append([name, component, i + 1, *("-" if m is None else f"{m:.3g}" for m in medians)])
     if not rows:
         return []
     out = ["  AdamW steps on the clip (median over each component's layers; the statuses above are the last "
