@@ -232,3 +232,23 @@ def test_seamless_m4t_speech_to_text_uses_its_own_extractor_and_decoder(root):
     assert r.static.audio_encoder.layers_path == "speech_encoder.encoder.layers"
     assert "refuted" not in {v.verdict for v in r.verdicts}
     assert {"base_model.model.text_decoder.layers.1", "base_model.model.lm_head"} <= r.runs["full_forward"].executed_paths()
+
+
+def test_kyutai_codec_front_end_is_said_plainly(root):
+    """Kyutai STT has no audio encoder: its Mimi codec turns audio into codes the LM reads as tokens. Step 3
+    and the strategy say so; a clip cannot be traced yet, which --static-only records and a run refuses."""
+    from transformers import (
+        KyutaiSpeechToTextConfig,
+        KyutaiSpeechToTextForConditionalGeneration,
+    )
+
+    from tracer import TracerError
+    with torch.device("meta"):
+        model = KyutaiSpeechToTextForConditionalGeneration(KyutaiSpeechToTextConfig())
+    report = trace_clip(f"{root}/samples/sample.wav", model, options=TraceOptions(static_only=True))
+    assert report.static.audio_encoder is None and report.static.audio_codec == "codec_model"
+    assert report.static.strategy.chosen == "full_forward" and "codec at 'codec_model' (MimiModel)" in \
+        report.static.strategy.reason
+    assert report.clip is None and "codec at codec_model" in report.clip_error
+    with pytest.raises(TracerError, match="not supported yet .*: add --static-only"):
+        trace_clip(f"{root}/samples/sample.wav", model, options=FAST)

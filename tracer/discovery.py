@@ -26,6 +26,7 @@ LANGUAGE_MODEL_NAMES = ("language_model", "text_model", "llm", "lm", "decoder")
 PROJECTOR_NAME = re.compile(r"projector|mm_proj|multi_modal")
 OTHER_MODALITY = re.compile(r"(^|\.)(image|vision|visual|img)\w*")  # inside an LM: another tower, not the LM
 HEAD_NAMES = ("lm_head", "proj_out", "output", "embed_out")
+AUDIO_CODEC_NAMES = ("codec_model", "audio_codec", "codec")  # audio in as discrete codes (Kyutai STT: Mimi)
 # Names LoRA recipes conventionally target, and what a component uses instead when one is absent.
 CONVENTIONAL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj",
                         "gate_proj", "up_proj", "down_proj", "fc1", "fc2")
@@ -52,6 +53,8 @@ def static_report(model) -> StaticReport:
     component_of = _assign_components(modules, model, encoder, lm)
     params_total, params_trainable, components, shared = _count_parameters(model, component_of)
     candidates, examples = _lora_candidates(modules, component_of)
+    codec = None if encoder else next((p for p in sorted(modules, key=_depth)
+                                       if p and p.rsplit(".", 1)[-1] in AUDIO_CODEC_NAMES), None)
     return StaticReport(
         model_class=type(model).__name__,
         model_module=type(model).__module__,
@@ -68,7 +71,8 @@ def static_report(model) -> StaticReport:
         lora_candidates=candidates,
         lora_examples=examples,
         target_gaps=_target_gaps(candidates),
-        strategy=_strategy(encoder, lm, candidates),
+        strategy=_strategy(encoder, lm, candidates, codec, modules),
+        audio_codec=codec,
     )
 
 
@@ -281,7 +285,7 @@ def _target_gaps(candidates: dict) -> list:
     return gaps
 
 
-def _strategy(encoder, lm, candidates: dict) -> Strategy:
+def _strategy(encoder, lm, candidates: dict, codec: str | None = None, modules: dict | None = None) -> Strategy:
     if encoder is not None:
         runs = ("audio_encoder",)
         reason = f"audio encoder found at '{encoder.path}' ({encoder.found_by}): encode audio with it alone"
@@ -290,6 +294,10 @@ def _strategy(encoder, lm, candidates: dict) -> Strategy:
     else:
         runs = ("audio_encoder", "projector", "language_model")
         reason = "no audio encoder found in the module tree: the whole model must run on the input"
+        if codec is not None:
+            reason = (f"no audio encoder: the audio enters through a codec at '{codec}' "
+                      f"({type(modules[codec]).__name__}) as discrete codes the LM reads as tokens; nothing "
+                      "differentiable runs on audio alone, so the whole model must run")
         hidden = lm.hidden_size if lm else None
         chosen = "full_forward"
     names = [n for n, per in candidates.items() if any(per.get(c) for c in runs)]

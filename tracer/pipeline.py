@@ -220,6 +220,13 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     )
     from .loading import processor_for
     prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
+    if report.audio_encoder is None and report.audio_codec is not None:
+        why = (f"its audio enters through the codec at {report.audio_codec} as discrete codes in the LM's input; "
+               "tracing such a model on a clip is not supported yet (step 3 has its structure)")
+        if options.static_only:
+            trace.clip_error = why
+            return None, None
+        raise TracerError(f"{loaded.name}: {why}: add --static-only")
     if report.audio_encoder is None:
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
         if tokenizer is None or not callable(tokenizer):

@@ -355,6 +355,7 @@ class StaticReport:
     lora_examples: dict  # name -> [paths]
     target_gaps: list
     strategy: Strategy
+    audio_codec: str | None = None  # with no audio encoder: a codec that turns audio into tokens (Kyutai's Mimi)
 
     def to_dict(self) -> dict:
         """The JSON contract's "static" object (schema_version 1)."""

@@ -46,7 +46,10 @@ def render_static(report: StaticReport, depth: int = 4) -> list:
 
     steps.start(3, "Audio encoder")
     enc = report.audio_encoder
-    if enc is None:
+    if enc is None and report.audio_codec:
+        steps.add(f"  none: the audio front end is a codec, {report.audio_codec}: audio becomes discrete codes "
+                  "the LM reads as tokens, so there is no encoder to run or train alone")
+    elif enc is None:
         steps.add("  none found (searched names " "audio_tower, audio_encoder, audio_model, speech_encoder, … "
                    "and classes *AudioEncoder/*SpeechEncoder/WhisperEncoder)")
     else:

@@ -259,8 +259,10 @@ def run_strategies(model, report: StaticReport, inputs, options: RunOptions, dev
     runs = {}
     for name in names:
         if name == "audio_tower" and report.audio_encoder is None:
-            runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason="no audio encoder in the module tree (see step 3): "
-                                                              "nothing to run alone")
+            why = (f"the audio enters through the codec at {report.audio_codec} as discrete codes (see step 3): "
+                   "no encoder to run alone" if report.audio_codec else
+                   "no audio encoder in the module tree (see step 3): nothing to run alone")
+            runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason=why)
             continue
         if name == "full_forward" and inputs.full is None:
             runs[name] = RunRecord(RUN_NOT_APPLICABLE, reason=inputs.no_full_reason)
