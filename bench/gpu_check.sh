@@ -37,4 +37,5 @@ step gpu_strategies 150 python3 bench/gpu_strategies.py --repeats 5
 step overhead 150 python3 bench/overhead.py --gpu-only --json "$OUT/overhead_gpu.json"
 step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 # the whole suite with CUDA present (the CLI then picks cuda + bf16): what a GPU user of the tests sees
-step pytest 150 bash -c "python3 -m pytest -q -p no:cacheprovider -n 8 > '$OUT/pytest.txt' 2>&1; rc=\$?; grep -E '^(FAILED|ERROR)|passed|failed' '$OUT/pytest.txt' | tail -25; exit \$rc"
+PARALLEL=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist is on the H200 image
+step pytest 150 bash -c "python3 -m pytest -q -p no:cacheprovider $PARALLEL > '$OUT/pytest.txt' 2>&1; rc=\$?; grep -E '^(FAILED|ERROR)|passed|failed' '$OUT/pytest.txt' | tail -25; exit \$rc"
