@@ -102,3 +102,15 @@ def test_strategy_memory_comes_from_its_own_pass(cuda_tiny):
     fc1 = run.module("base_model.model.model.audio_tower.layers.0.fc1")
     assert fc1.memory_delta_bytes >= 1500 * 128 * 4 and fc1.peak_bytes >= fc1.memory_delta_bytes
     assert all(c.peak_bytes is not None for c in run.calls)
+
+
+def test_trace_clip_on_cuda_with_a_step_and_the_memory_split(root):
+    """The whole pipeline on the GPU: bf16, one AdamW step, allocator peak and tensor split, every LoRA
+    layer that runs 'ok'."""
+    from tracer import TraceOptions, trace_clip
+    report = trace_clip(f"{root}/samples/sample.wav", options=TraceOptions(repeats=1, warmup=0, device="cuda"))
+    full = report.runs["full_forward"]
+    assert full.ok and full.memory_kind == "cuda max_memory_allocated" and full.peak_memory_bytes > 0
+    assert set(full.memory_split) == {"parameters", "activations", "gradients", "temporaries"}
+    assert {r.status for r in full.lora} == {"ok"} and full.lora_trajectory
+    assert report.model_info["dtype"] == "bfloat16"
