@@ -100,3 +100,9 @@ def test_builtin_strategies_memory_is_saved_bytes_plus_weights_and_every_module_
         assert 0.5 * order < run.peak_memory_bytes < 2 * order
         executed = [m for m in run.modules if m.executed]
         assert all(m.memory_delta_bytes is not None and m.peak_bytes is not None for m in executed)
+
+
+def test_a_bare_cpu_device_compares_equal_to_tensors_devices():
+    # torch.device("cuda") != torch.device("cuda:0"): the tracker normalises the device it is given
+    tm = TensorMemory("cpu")
+    assert torch.ones(1).device == tm.device

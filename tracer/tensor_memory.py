@@ -32,6 +32,8 @@ class TensorMemory(TorchDispatchMode):
     def __init__(self, device, model: torch.nn.Module | None = None):
         super().__init__()
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # tensors say cuda:0, never bare cuda
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.model = model
         self.current = 0
         self.peak = 0
