@@ -229,6 +229,17 @@ def saved_modules(model, modules: list) -> list[dict]:
     return out
 
 
+def trajectories_by_component(run) -> dict:
+    """A RunRecord's LoRA trajectories grouped by component, leaving out layers no gradient reached (their
+    status already says why): component -> [per-layer lists of step points]."""
+    component_of = {f"{r.path}|{r.adapter}": r.component for r in run.lora or ()}
+    groups: dict = {}
+    for key, points in (run.lora_trajectory or {}).items():
+        if any(p["grad_norm_A"] is not None or p["grad_norm_B"] is not None for p in points):
+            groups.setdefault(component_of.get(key, "other"), []).append(points)
+    return groups
+
+
 def step_median(layers: list, step_index: int, field: str) -> float | None:
     """The median of ``field`` over layers' trajectories at one step (layers missing it left out)."""
     import statistics

@@ -129,15 +129,10 @@ def plot(runs: dict, path: str) -> None:
 def _plot_steps(ax, runs: dict) -> None:
     """Over the --steps: the median |grad lora_B| per strategy and component (solid) and the median update
     ratio of lora_B (dashed, right axis)."""
-    from .diagnosis import step_median
+    from .diagnosis import step_median, trajectories_by_component
     right = ax.twinx()
     for name, run in runs.items():
-        component_of = {f"{r.path}|{r.adapter}": r.component for r in run.lora or ()}
-        by_component: dict = {}
-        for key, points in (run.lora_trajectory or {}).items():
-            if any(p["grad_norm_B"] is not None for p in points):
-                by_component.setdefault(component_of.get(key, "other"), []).append(points)
-        for component, layers in by_component.items():
+        for component, layers in trajectories_by_component(run).items():
             steps = [p["step"] for p in layers[0]]
             grad = [step_median(layers, i, "grad_norm_B") for i in range(len(steps))]
             ratio = [step_median(layers, i, "update_ratio_B") for i in range(len(steps))]

@@ -15,7 +15,13 @@ from typing import Callable
 
 from .audio import Clip
 from .errors import TracerError
-from .inputs import IGNORE_INDEX, ModelInputs, audio_in_prompt_inputs, encoder_features
+from .inputs import (
+    IGNORE_INDEX,
+    ModelInputs,
+    audio_in_prompt_inputs,
+    encoder_features,
+    encoder_lengths,
+)
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,8 @@ def encoder_decoder_inputs(processor, model, encoder, clip: Clip, prompt: str, t
 
 
 def _encoder_frames(encoder, mel_frames: int) -> str:
-    import torch
-    length_fn = getattr(encoder, "_get_feat_extract_output_lengths", None)
-    if length_fn is None:
-        return "its"
-    out = length_fn(torch.tensor([mel_frames]))
-    return f"{int(out[0] if isinstance(out, tuple) else out):,}"
+    lengths = encoder_lengths(encoder, mel_frames)
+    return f"{lengths[0]:,}" if lengths else "its"
 
 
 def packed_tower_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
@@ -76,7 +78,7 @@ def packed_tower_inputs(processor, model, encoder, clip: Clip, prompt: str, targ
     features = inputs.tower["input_features"]
     lengths = torch.tensor([inputs.accounting.mel_frames])
     packed = features[0, :, : inputs.accounting.mel_frames]  # the clip's frames, no padding
-    after_cnn, _ = encoder._get_feat_extract_output_lengths(lengths)
+    after_cnn = torch.tensor([encoder_lengths(encoder, inputs.accounting.mel_frames)[0]])
     return replace(inputs, tower={"input_features": packed, "feature_lens": lengths, "aftercnn_lens": after_cnn})
 
 
@@ -89,15 +91,15 @@ def unpooled_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
 
     import torch
     tower, accounting = encoder_features(processor, encoder, clip)
-    frames, _ = encoder._get_feat_extract_output_lengths(torch.tensor([accounting.mel_frames]))
-    window, _ = encoder._get_feat_extract_output_lengths(torch.tensor([tower["input_features"].shape[-1]]))
+    frames = encoder_lengths(encoder, accounting.mel_frames)[0]
+    window = encoder_lengths(encoder, tower["input_features"].shape[-1])[0]
     audio_config = model.config.audio_config
     per_token = audio_config.intermediate_size // audio_config.hidden_size
-    lm_tokens = int(window) // per_token
-    accounting = replace(accounting, encoder_frames=int(frames), audio_tokens=lm_tokens,
-                         length_function=f"{type(encoder).__name__}: {int(window):,} encoder frames a window, "
+    lm_tokens = window // per_token
+    accounting = replace(accounting, encoder_frames=frames, audio_tokens=lm_tokens,
+                         length_function=f"{type(encoder).__name__}: {window:,} encoder frames a window, "
                                          f"{per_token} per LM token")
-    inputs = ModelInputs(tower, None, accounting, "none (no tokenizer)", 0, 0, tower_frames=int(frames))
+    inputs = ModelInputs(tower, None, accounting, "none (no tokenizer)", 0, 0, tower_frames=frames)
     tokenizer = getattr(processor, "tokenizer", None)
     audio_id = getattr(model.config, "audio_token_id", None)
     if tokenizer is None or audio_id is None:

@@ -126,18 +126,24 @@ def _text_vocab_size(model) -> int | None:
     return getattr(text, "vocab_size", None)
 
 
-def _account(encoder, mel_frames: int, padded: int) -> AudioAccounting:
+def encoder_lengths(encoder, mel_frames: int) -> tuple[int, int] | None:
+    """(frames after the encoder's convolutions, frames after any pooling) for ``mel_frames`` input frames,
+    by the encoder's own length function; None when it has none."""
     import torch
     length_fn = getattr(encoder, "_get_feat_extract_output_lengths", None)
-    encoder_frames = tokens = None
-    name = "none (no _get_feat_extract_output_lengths on the encoder)"
-    if length_fn is not None:
-        out = length_fn(torch.tensor([mel_frames]))
-        if isinstance(out, tuple):  # Qwen2-Audio: (after conv, after pooling)
-            encoder_frames, tokens = int(out[0]), int(out[1])
-        else:
-            encoder_frames = tokens = int(out)
-        name = f"{type(encoder).__name__}._get_feat_extract_output_lengths"
+    if length_fn is None:
+        return None
+    out = length_fn(torch.tensor([mel_frames]))
+    if isinstance(out, tuple):  # Qwen2-Audio: (after conv, after pooling)
+        return int(out[0]), int(out[1])
+    return int(out), int(out)
+
+
+def _account(encoder, mel_frames: int, padded: int) -> AudioAccounting:
+    lengths = encoder_lengths(encoder, mel_frames)
+    encoder_frames, tokens = lengths if lengths else (None, None)
+    name = (f"{type(encoder).__name__}._get_feat_extract_output_lengths" if lengths
+            else "none (no _get_feat_extract_output_lengths on the encoder)")
     return AudioAccounting(mel_frames=mel_frames, mel_frames_padded=padded, encoder_frames=encoder_frames,
                            audio_tokens=tokens, padded_fraction=round(1 - mel_frames / padded, 6),
                            length_function=name)

@@ -17,6 +17,13 @@ class TensorMeta:
         return f"{dims} {self.dtype}" + ("" if self.device == "cpu" else f" {self.device}")
 
 
+class _Fields:
+    """A record whose JSON object is its fields as they are."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def tensor_meta(meta):
     """A TensorMeta from the tracer's (shape, dtype, device) triple; a type name stays a string."""
     if isinstance(meta, str):
@@ -89,7 +96,7 @@ class ModuleRecord:
 
 
 @dataclass(frozen=True)
-class LoraLayerRecord:
+class LoraLayerRecord(_Fields):
     """One LoRA layer x adapter after a traced backward: did a gradient arrive, and why not."""
     path: str
     adapter: str
@@ -112,24 +119,18 @@ class LoraLayerRecord:
     update_ratio_A: float | None = None
     update_ratio_B: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Timing:
+class Timing(_Fields):
     """Untraced passes of one kind: their median, min and max in ms."""
     median: float
     min: float
     max: float
     runs: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class StageRecord:
+class StageRecord(_Fields):
     """One component in one run: self forward time of its modules, backward of its roots, bytes, params."""
     forward_ms: float = 0.0
     backward_ms: float | None = None
@@ -137,9 +138,6 @@ class StageRecord:
     output_bytes: int = 0
     params: int = 0
     modules_executed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -231,7 +229,7 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class LoraSetup:
+class LoraSetup(_Fields):
     """What was attached before the runs (lora.attach_lora)."""
     source: str  # "auto targets (step 8)", "--lora-targets …", "--lora-config FILE", "--adapter DIR"
     target_modules: object  # a list of names or a regex, as peft holds it
@@ -239,9 +237,6 @@ class LoraSetup:
     use_dora: bool
     layers: int
     trainable_params: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

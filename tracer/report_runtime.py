@@ -139,17 +139,10 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
 
 def _trajectory_lines(runs: dict, diagnosis) -> list:
     """The steps, compactly: per strategy and component the median over its layers at each step."""
-    from .diagnosis import step_median
+    from .diagnosis import step_median, trajectories_by_component
     rows = []
     for name, run in runs.items():
-        by_component: dict = {}
-        component_of = {(r.path, r.adapter): r.component for r in run.lora or ()}
-        for key, points in (run.lora_trajectory or {}).items():
-            path, _, adapter = key.rpartition("|")
-            if all(p["grad_norm_A"] is None and p["grad_norm_B"] is None for p in points):
-                continue  # no gradient reached it: its status says why
-            by_component.setdefault(component_of.get((path, adapter), "other"), []).append(points)
-        for component, layers in by_component.items():
+        for component, layers in trajectories_by_component(run).items():
             for i in range(len(layers[0])):
                 medians = [step_median(layers, i, f) for f in ("grad_norm_A", "grad_norm_B", "update_ratio_A",
                                                               "update_ratio_B")]
