@@ -206,3 +206,72 @@ def seamless_m4t_speech_to_text():
                                pad_token_id=eos, decoder_start_token_id=eos, eos_token_id=eos, bos_token_id=eos,
                                max_position_embeddings=256)
     return SeamlessM4TForSpeechToText(config).eval()
+
+
+def granite_speech():
+    """A tiny Granite Speech (conformer encoder on 160-wide stacked mels, Q-Former projector taking windows of
+    15 frames to 3 queries, Granite LM), shaped as the upstream test's, with the built-in tokenizer's
+    vocabulary and <|AUDIO|> as its audio token; no processor (Granite's needs torchaudio)."""
+    from transformers import (
+        AutoProcessor,
+        GraniteSpeechConfig,
+        GraniteSpeechForConditionalGeneration,
+    )
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    torch.manual_seed(0)
+    config = GraniteSpeechConfig(
+        encoder_config={"input_dim": 160, "num_layers": 2, "hidden_dim": 32, "feedforward_mult": 2,
+                        "num_heads": 4, "dim_head": 8, "output_dim": 16, "context_size": 200, "max_pos_emb": 512},
+        projector_config={"model_type": "blip_2_qformer", "hidden_size": 32, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "intermediate_size": 64, "encoder_hidden_size": 32},
+        text_config={"model_type": "granite", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer)},
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    return GraniteSpeechForConditionalGeneration(config).eval()
+
+
+def _builtin_tokenizer_lm(model_type: str) -> tuple:
+    """A tiny LM config with the built-in tokenizer's vocabulary, and that tokenizer's <|AUDIO|> id."""
+    from transformers import AutoProcessor
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    lm = {"model_type": model_type, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer), "head_dim": 8}
+    return lm, tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+
+
+def qwen3_asr():
+    """A tiny Qwen3-ASR (windowed Whisper-style encoder that packs the clip's frames, Qwen3 LM) with the
+    built-in tokenizer's vocabulary; no processor."""
+    from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
+    lm, audio_id = _builtin_tokenizer_lm("qwen3")
+    torch.manual_seed(0)
+    config = Qwen3ASRConfig(audio_config={"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 4,
+                                          "encoder_ffn_dim": 64, "d_model": 32, "output_dim": 32,
+                                          "downsample_hidden_size": 16},
+                            text_config=lm, audio_token_id=audio_id)
+    return Qwen3ASRForConditionalGeneration(config).eval()
+
+
+def glm_asr():
+    """A tiny GLM-ASR (rotary Whisper-style encoder; the projector merges 4 frames a token) with the built-in
+    tokenizer's vocabulary; no processor."""
+    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration
+    lm, audio_id = _builtin_tokenizer_lm("llama")
+    torch.manual_seed(0)
+    config = GlmAsrConfig(audio_config={"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 2,
+                                        "num_attention_heads": 4, "num_mel_bins": 128},
+                          text_config=lm, audio_token_id=audio_id)
+    return GlmAsrForConditionalGeneration(config).eval()
+
+
+def musicflamingo():
+    """A tiny MusicFlamingo (AudioFlamingo3's encoder with rotary time embeddings) with the built-in
+    tokenizer's vocabulary; no processor."""
+    from transformers import MusicFlamingoConfig, MusicFlamingoForConditionalGeneration
+    lm, audio_id = _builtin_tokenizer_lm("qwen2")
+    torch.manual_seed(0)
+    config = MusicFlamingoConfig(audio_config={"model_type": "audioflamingo3_encoder", "hidden_size": 16,
+                                               "intermediate_size": 64, "num_hidden_layers": 2,
+                                               "num_attention_heads": 4, "num_mel_bins": 128},
+                                 text_config=lm, audio_token_id=audio_id)
+    return MusicFlamingoForConditionalGeneration(config).eval()

@@ -252,3 +252,86 @@ def test_kyutai_codec_front_end_is_said_plainly(root):
     assert report.clip is None and "codec at codec_model" in report.clip_error
     with pytest.raises(TracerError, match="not supported yet .*: add --static-only"):
         trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+
+
+def test_granite_speech_encoder_takes_hidden_states_and_the_qformer_sets_the_lm_tokens(root):
+    """Its conformer encoder's forward takes the stacked mels (frames x 160) as hidden_states; the Q-Former
+    makes 3 LM tokens of each 15-frame window (the last one padded): 210 frames -> 14 windows -> 42 tokens,
+    which the prompt carries and the projector is seen to output."""
+    model = models.granite_speech()
+    assert family_of(model).name == "granite_speech"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.notes[0].startswith("this model has no processor: using SeamlessM4TFeatureExtractor()")
+    assert (r.static.audio_encoder.path, r.static.language_model.path) == ("model.encoder", "model.language_model")
+    assert r.static.audio_encoder.layers_path == "model.encoder.layers"
+    assert set(r.inputs.tower) == {"hidden_states"} and r.inputs.tower["hidden_states"].shape == (1, 210, 160)
+    tower, full = r.runs["audio_tower"], r.runs["full_forward"]
+    assert tower.ok and full.ok
+    assert not any(".language_model" in p or ".projector" in p for p in tower.executed_paths())
+    acc = r.inputs.accounting
+    assert (acc.encoder_frames, acc.audio_tokens) == (210, 42)
+    assert int((r.inputs.full["input_ids"] == model.config.audio_token_id).sum()) == 42
+    assert full.module("base_model.model.model.projector").outputs[0].shape == (1, 42, 32)
+    lm_input = full.module("base_model.model.model.language_model").inputs[-1]
+    assert lm_input.shape[1] == r.inputs.prompt_tokens + r.inputs.target_tokens
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    assert full.lora_summary == {"audio_encoder": {"ok": 17}, "language_model": {"ok": 4}}
+
+
+def _lm_positions(report) -> int:
+    """Positions the traced language model consumed, from its recorded input."""
+    lm = report.runs["full_forward"].module("base_model.model." + report.static.language_model.path)
+    return lm.inputs[0].shape[1]
+
+
+def test_qwen3_asr_counts_its_packed_tokens_by_running_the_model(root):
+    """Qwen3-ASR's windowed encoder has no length function and packs the clip's frames (tokens x width): the
+    count is measured (55), equals the family's own formula, and is what the LM consumed."""
+    from transformers.models.qwen3_asr.modeling_qwen3_asr import (
+        _get_feat_extract_output_lengths,
+    )
+    model = models.qwen3_asr()
+    assert family_of(model).name == "qwen3_asr"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    acc = r.inputs.accounting
+    assert acc.mel_frames == 422
+    assert acc.audio_tokens == acc.encoder_frames == int(_get_feat_extract_output_lengths(torch.tensor(422))) == 55
+    assert acc.length_function.startswith("measured: Qwen3ASRForConditionalGeneration.get_audio_features")
+    assert set(r.inputs.tower) == {"input_features", "input_features_mask"}
+    assert r.runs["audio_tower"].module("base_model.model.model.audio_tower").outputs[0].shape == (55, 32)
+    assert int((r.inputs.full["input_ids"] == model.config.audio_token_id).sum()) == 55
+    assert _lm_positions(r) == r.inputs.prompt_tokens + r.inputs.target_tokens
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    assert r.runs["full_forward"].lora_summary == {"audio_encoder": {"ok": 13}, "language_model": {"ok": 6}}
+
+
+def test_glm_asr_merges_four_frames_a_token_and_the_tower_loss_keeps_the_clips_frames(root):
+    """GLM-ASR's encoder sees the padded window without a mask (1500 frames out); the projector merges 4
+    frames a token and keeps the clip's: 422 mel frames -> 211 -> (211 - 4) // 4 + 1 = 52 LM tokens."""
+    model = models.glm_asr()
+    assert family_of(model).name == "qwen3_asr"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    acc = r.inputs.accounting
+    assert (acc.encoder_frames, acc.audio_tokens, r.inputs.tower_frames) == (211, (211 - 4) // 4 + 1, 211)
+    assert "input_features_mask" in r.inputs.full  # the whole model needs it, the encoder does not take it
+    assert set(r.inputs.tower) == {"input_features"}
+    assert _lm_positions(r) == r.inputs.prompt_tokens + r.inputs.target_tokens
+    assert int((r.inputs.full["input_ids"] == model.config.audio_token_id).sum()) == 52
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+
+
+def test_musicflamingo_goes_through_audioflamingo3s_entry_with_its_mask_renamed(root):
+    """No processor: the built-in one's feature_attention_mask reaches the model as input_features_mask, and
+    AudioFlamingo3's length function gives the 105 tokens the LM consumed."""
+    model = models.musicflamingo()
+    assert family_of(model).name == "audioflamingo3"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.runs["audio_tower"].ok and r.runs["full_forward"].ok
+    assert "input_features_mask" in r.inputs.full and "feature_attention_mask" not in r.inputs.full
+    assert int(r.inputs.full["input_features_mask"].sum()) == 422
+    assert r.inputs.accounting.audio_tokens == 105
+    assert int((r.inputs.full["input_ids"] == model.config.audio_token_id).sum()) == 105
+    assert _lm_positions(r) == r.inputs.prompt_tokens + r.inputs.target_tokens
+    assert "refuted" not in {v.verdict for v in r.verdicts}

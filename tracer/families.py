@@ -3,10 +3,12 @@ inputs and labels, and where the clip's length goes. A model is matched by its c
 unwrapped); anything else goes through the generic entry, which follows the processor as Qwen2-Audio's
 does.
 
-Covered so far: Qwen2-Audio and AudioFlamingo3 (the audio-in-prompt path, which follows the processor:
-its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input), Voxtral
-(unpooled frames, 375 LM tokens a window), Whisper and SeamlessM4T speech-to-text (encoder-decoder: the
-decoder's loss on the target). The other families of transformers 5.x come as entries here.
+Covered: Qwen2-Audio and AudioFlamingo3/MusicFlamingo (the audio-in-prompt path, which follows the
+processor: its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input),
+Voxtral (unpooled frames, 375 LM tokens a window), Granite Speech (a conformer taking ``hidden_states``,
+Q-Former windows), Qwen3-ASR and GLM-ASR (the LM-token count measured by running the model's own
+``get_audio_features``), Whisper and SeamlessM4T speech-to-text (encoder-decoder: the decoder's loss on
+the target).
 """
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ from .inputs import (
     IGNORE_INDEX,
     ModelInputs,
     audio_in_prompt_inputs,
+    audio_kwargs_for,
     encoder_features,
     encoder_lengths,
+    no_tokenizer_fits,
+    text_vocab_size,
 )
 
 
@@ -89,7 +94,6 @@ def unpooled_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
     tokens first, as many as the model takes (its processor needs mistral-common)."""
     from dataclasses import replace
 
-    import torch
     tower, accounting = encoder_features(processor, encoder, clip)
     frames = encoder_lengths(encoder, accounting.mel_frames)[0]
     window = encoder_lengths(encoder, tower["input_features"].shape[-1])[0]
@@ -100,20 +104,111 @@ def unpooled_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
                          length_function=f"{type(encoder).__name__}: {window:,} encoder frames a window, "
                                          f"{per_token} per LM token")
     inputs = ModelInputs(tower, None, accounting, "none (no tokenizer)", 0, 0, tower_frames=frames)
+    return _audio_tokens_then_prompt(inputs, processor, model, lm_tokens, prompt, target,
+                                     {"input_features": tower["input_features"]})
+
+
+def _audio_tokens_then_prompt(inputs: ModelInputs, processor, model, lm_tokens: int, prompt: str, target: str,
+                              audio_inputs: dict) -> ModelInputs:
+    """The prompt built here: ``lm_tokens`` of the model's audio token, the prompt, then the target, for a
+    family whose processor cannot be used here (or that has none): the count is the model's, not a
+    processor's formula."""
+    from dataclasses import replace
+
+    import torch
     tokenizer = getattr(processor, "tokenizer", None)
-    audio_id = getattr(model.config, "audio_token_id", None)
+    audio_id = _audio_token_id(model)
     if tokenizer is None or audio_id is None:
         return inputs
+    vocab = text_vocab_size(model)
+    if vocab is not None and len(tokenizer) > vocab:
+        return replace(inputs, no_full_reason=no_tokenizer_fits(vocab, tokenizer))
     prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     target_ids = tokenizer(" " + target + (tokenizer.eos_token or ""), add_special_tokens=False,
                            return_tensors="pt")["input_ids"]
     head = torch.cat([torch.full((1, lm_tokens), audio_id, dtype=torch.long), prompt_ids], dim=1)
     input_ids = torch.cat([head, target_ids], dim=1)
     labels = torch.cat([torch.full_like(head, IGNORE_INDEX), target_ids], dim=1)
-    full = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "input_features": tower["input_features"], "labels": labels}
+    full = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **audio_inputs, "labels": labels}
     return replace(inputs, full=full, template=f"built here: {lm_tokens} audio tokens, then the prompt",
                    prompt_tokens=head.shape[1], target_tokens=target_ids.shape[1])
+
+
+def qformer_window_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Granite Speech: a conformer encoder on stacked mels (frames x 160, time first), whose forward takes
+    them as ``hidden_states``; the Q-Former projector turns each window of ``window_size`` encoder frames
+    into ``window_size // downsample_rate`` LM tokens, the last window padded. The checkpoint's own
+    extractor (which needs torchaudio) when it ships one, else SeamlessM4T's (the same 80 mels stacked in
+    pairs)."""
+    import math
+    from dataclasses import replace
+
+    audio_processor = getattr(processor, "audio_processor", None)
+    if audio_processor is not None:  # GraniteSpeechFeatureExtractor: its own call, no padding options
+        features = audio_processor([clip.waveform])["input_features"]
+        accounting = _frames_accounting(features.shape[1])
+    else:
+        tower, accounting = encoder_features(processor, encoder, clip)
+        features = tower["input_features"]
+    frames = accounting.mel_frames_padded  # the encoder keeps its input's frames; padding included
+    config = model.config
+    window, per_window = config.window_size, config.window_size // config.downsample_rate
+    lm_tokens = math.ceil(frames / window) * per_window
+    accounting = replace(accounting, encoder_frames=frames, audio_tokens=lm_tokens,
+                         length_function=f"{type(model.model.projector).__name__}: ceil(frames / {window}) "
+                                         f"windows x {per_window} queries")
+    inputs = ModelInputs({"hidden_states": features}, None, accounting, "none (no tokenizer)", 0, 0)
+    return _audio_tokens_then_prompt(inputs, processor, model, lm_tokens, prompt, target,
+                                     {"input_features": features})
+
+
+def _frames_accounting(frames: int):
+    from .inputs import AudioAccounting
+    return AudioAccounting(mel_frames=frames, mel_frames_padded=frames, encoder_frames=None, audio_tokens=None,
+                           padded_fraction=0.0, length_function="")
+
+
+def measured_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Qwen3-ASR, GLM-ASR, MusicFlamingo: families whose LM-token count has no length function on the
+    encoder (windowed encoders, frames merged in the projector). The count is measured: the model's own
+    ``get_audio_features`` on the clip's features, rows of what it hands the LM. The processor's prompt is
+    used when its audio tokens agree with that count; otherwise the prompt is built here with it."""
+    from dataclasses import replace
+
+    import torch
+    tower, accounting = encoder_features(processor, encoder, clip)
+    audio = audio_kwargs_for(model, tower["input_features"], accounting)
+    with torch.no_grad():
+        handed = _inner_model(model).get_audio_features(**audio).pooler_output
+    tokens = handed.numel() // handed.shape[-1]
+    encoder_frames, tower_frames = accounting.encoder_frames, None
+    if encoder_frames is None:  # no length function on the encoder: measured too
+        with torch.no_grad():
+            out = encoder(**tower).last_hidden_state
+        if out.dim() == 2:  # packed (Qwen3-ASR): the clip's frames alone, no batch axis
+            encoder_frames = out.shape[0]
+        elif len(tower) == 1:  # the padded window and no mask: the clip holds its leading share of the frames
+            encoder_frames = tower_frames = round(out.shape[1] * accounting.mel_frames / accounting.mel_frames_padded)
+    accounting = replace(accounting, encoder_frames=encoder_frames, audio_tokens=tokens,
+                         length_function=f"measured: {type(_inner_model(model)).__name__}.get_audio_features "
+                                         f"on the clip hands the LM {tokens} rows")
+    if getattr(processor, "audio_token", None) is not None:
+        via_processor = audio_in_prompt_inputs(processor, model, encoder, clip, prompt, target)
+        audio_id = _audio_token_id(model)
+        if via_processor.full is not None and int((via_processor.full["input_ids"] == audio_id).sum()) == tokens:
+            full = {**via_processor.full, **audio}
+            return replace(via_processor, full=full, accounting=accounting, tower_frames=tower_frames)
+    inputs = ModelInputs(tower, None, accounting, "none (no tokenizer)", 0, 0, tower_frames=tower_frames)
+    return _audio_tokens_then_prompt(inputs, processor, model, tokens, prompt, target, audio)
+
+
+def _inner_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _audio_token_id(model):
+    config = model.config
+    return getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
 
 
 def _seamless_extractor():
@@ -131,8 +226,13 @@ FAMILIES = (
            "the thinker on the prompt with the audio's tokens, loss on the target"),
     Family("voxtral", ("VoxtralForConditionalGeneration",), unpooled_inputs,
            "the audio's tokens (375 a 30 s window) then the prompt, loss on the target"),
+    Family("qwen3_asr", ("Qwen3ASRForConditionalGeneration", "GlmAsrForConditionalGeneration"), measured_inputs,
+           "the audio's tokens (as many as get_audio_features hands the LM) in the prompt, loss on the target"),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
+    Family("granite_speech", ("GraniteSpeechForConditionalGeneration",), qformer_window_inputs,
+           "the audio's tokens (a window of 15 encoder frames gives 3) then the prompt, loss on the target",
+           feature_extractor=_seamless_extractor),
     Family("seamless_m4t", ("SeamlessM4TForSpeechToText", "SeamlessM4Tv2ForSpeechToText"), encoder_decoder_inputs,
            "speech encoder + text decoder, loss on the target text", feature_extractor=_seamless_extractor),
 )

@@ -75,6 +75,17 @@ def encoder_features(processor, encoder, clip: Clip):
 MASK_NAMES = ("input_features_mask", "feature_attention_mask")  # masks an encoder needs along its features
 
 
+def audio_kwargs_for(model, features, accounting: AudioAccounting) -> dict:
+    """The clip's features and mask as the whole model's forward names them: its mask name may differ from
+    the encoder's (or from what a substitute processor calls it), or the encoder may take none."""
+    import torch
+    audio = {"input_features": features}
+    name = next((n for n in MASK_NAMES if n in _parameters(model)), None)
+    if name is not None:  # one clip: its frames, then the padding
+        audio[name] = (torch.arange(accounting.mel_frames_padded) < accounting.mel_frames).long()[None]
+    return audio
+
+
 def _parameters(module) -> set:
     import inspect
     try:
@@ -93,10 +104,9 @@ def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, t
     audio_token = getattr(processor, "audio_token", None)
     if tokenizer is None or audio_token is None:
         return ModelInputs(tower, None, accounting, "none (the processor takes no text)", 0, 0)
-    vocab = _text_vocab_size(model)
+    vocab = text_vocab_size(model)
     if vocab is not None and len(tokenizer) > vocab:
-        reason = (f"no tokenizer fits its {vocab:,}-token vocabulary (this one has {len(tokenizer):,}): "
-                  "the checkpoint ships none; pass a directory that has its tokenizer")
+        reason = no_tokenizer_fits(vocab, tokenizer)
         return ModelInputs(tower, None, accounting, "none (no tokenizer fits)", 0, 0, no_full_reason=reason)
 
     messages = [{"role": "user", "content": [{"type": "audio", "audio": clip.info.path},
@@ -115,12 +125,19 @@ def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, t
     labels = torch.cat([torch.full_like(encoded["input_ids"], IGNORE_INDEX), target_ids], dim=1)
     takes = _parameters(model)
     full = {k: v for k, v in encoded.items() if k in takes and k not in ("input_ids", "attention_mask", "labels")}
+    if not any(n in full for n in MASK_NAMES):  # a substitute processor names its mask otherwise
+        full.update(audio_kwargs_for(model, encoded["input_features"], accounting))
     full.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels)
     _remap_audio_token(processor, model, full)
     return ModelInputs(tower, full, accounting, template, encoded["input_ids"].shape[1], target_ids.shape[1])
 
 
-def _text_vocab_size(model) -> int | None:
+def no_tokenizer_fits(vocab: int, tokenizer) -> str:
+    return (f"no tokenizer fits its {vocab:,}-token vocabulary (this one has {len(tokenizer):,}): "
+            "the checkpoint ships none; pass a directory that has its tokenizer")
+
+
+def text_vocab_size(model) -> int | None:
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or config
     return getattr(text, "vocab_size", None)
