@@ -275,3 +275,23 @@ def musicflamingo():
                                                "num_attention_heads": 4, "num_mel_bins": 128},
                                  text_config=lm, audio_token_id=audio_id)
     return MusicFlamingoForConditionalGeneration(config).eval()
+
+
+def phi4_multimodal():
+    """A tiny Phi-4-multimodal (conformer audio encoder nested in the LM's embedding at audio_embed.encoder,
+    speech projections beside it, a small image tower) with the built-in tokenizer's vocabulary and
+    <|AUDIO|> as its audio token; no processor."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+    lm, audio_id = _builtin_tokenizer_lm("phi4_multimodal")
+    eos = audio_id - 1
+    torch.manual_seed(0)
+    config = Phi4MultimodalConfig(
+        vocab_size=lm["vocab_size"], hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+        max_position_embeddings=1024, original_max_position_embeddings=1024,
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "crop_size": 28, "patch_size": 14, "image_token_id": audio_id - 2},
+        audio_config={"hidden_size": 32, "intermediate_size": 64, "num_blocks": 2, "num_attention_heads": 4,
+                      "ext_pw_out_channel": 32, "depthwise_separable_out_channel": 32, "nemo_conv_channels": 32,
+                      "audio_token_id": audio_id})
+    return Phi4MultimodalForCausalLM(config).eval()

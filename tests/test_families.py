@@ -335,3 +335,28 @@ def test_musicflamingo_goes_through_audioflamingo3s_entry_with_its_mask_renamed(
     assert int((r.inputs.full["input_ids"] == model.config.audio_token_id).sum()) == 105
     assert _lm_positions(r) == r.inputs.prompt_tokens + r.inputs.target_tokens
     assert "refuted" not in {v.verdict for v in r.verdicts}
+
+
+def test_phi4_multimodal_end_to_end_with_its_nested_encoder(root):
+    """Phi-4's conformer sits in the LM's embedding (audio_embed.encoder) and returns a bare tensor; its own
+    extractor (time-first mels) gives the LM-token count, 8x fewer than the frames: 419 -> 53, which the
+    encoder outputs, the prompt carries and the LM consumed. The image tower's LoRA never runs on a clip."""
+    model = models.phi4_multimodal()
+    assert family_of(model).name == "phi4_multimodal"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    assert r.notes[0].startswith("this model has no processor: using Phi4MultimodalFeatureExtractor()")
+    assert (r.static.audio_encoder.path, r.static.language_model.path) == \
+        ("model.embed_tokens_extend.audio_embed.encoder", "model")
+    tower, full = r.runs["audio_tower"], r.runs["full_forward"]
+    assert tower.ok and full.ok
+    assert r.inputs.tower["hidden_states"].shape == (1, 419, 80)
+    acc = r.inputs.accounting
+    assert (acc.mel_frames, acc.encoder_frames, acc.audio_tokens) == (419, 53, 53)
+    encoder = tower.module("base_model.model.model.embed_tokens_extend.audio_embed.encoder")
+    assert encoder.outputs[0].shape == (1, 53, 32)
+    assert not any(".layers." in p for p in tower.executed_paths())  # the LM's decoder layers did not run
+    assert int((r.inputs.full["input_ids"] == model.config.audio_config.audio_token_id).sum()) == 53
+    assert full.module("base_model.model.model.layers.0").inputs[0].shape[1] == \
+        r.inputs.prompt_tokens + r.inputs.target_tokens
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    assert full.lora_summary == {"audio_encoder": {"ok": 17}, "language_model": {"ok": 6}, "other": {"not_executed": 3}}

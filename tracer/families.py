@@ -23,6 +23,7 @@ from .inputs import (
     audio_in_prompt_inputs,
     audio_kwargs_for,
     encoder_features,
+    encoder_hidden,
     encoder_lengths,
     no_tokenizer_fits,
     text_vocab_size,
@@ -184,7 +185,7 @@ def measured_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
     encoder_frames, tower_frames = accounting.encoder_frames, None
     if encoder_frames is None:  # no length function on the encoder: measured too
         with torch.no_grad():
-            out = encoder(**tower).last_hidden_state
+            out = encoder_hidden(encoder(**tower))
         if out.dim() == 2:  # packed (Qwen3-ASR): the clip's frames alone, no batch axis
             encoder_frames = out.shape[0]
         elif len(tower) == 1:  # the padded window and no mask: the clip holds its leading share of the frames
@@ -208,7 +209,40 @@ def _inner_model(model):
 
 def _audio_token_id(model):
     config = model.config
-    return getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
+    audio_config = getattr(config, "audio_config", None)  # Phi-4 keeps it there
+    return (getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
+            or getattr(audio_config, "audio_token_id", None))
+
+
+def phi4_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Phi-4-multimodal: its extractor gives time-first mels (``audio_input_features``) and the LM-token count
+    itself (``audio_embed_sizes``, the encoder's 8x time reduction); the encoder nested in the LM's
+    embedding takes them as ``hidden_states`` with a ``mask``. The prompt is built here with that count."""
+    import torch
+
+    from .inputs import AudioAccounting, feature_extractor_of
+    fe = feature_extractor_of(processor)
+    feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
+    features = feats["audio_input_features"]
+    sizes = feats["audio_embed_sizes"]
+    lm_tokens = int(sizes[0])
+    with torch.no_grad():
+        out_frames = encoder_hidden(encoder(features, feats.get("audio_attention_mask"))).shape[1]
+    accounting = AudioAccounting(mel_frames=features.shape[1], mel_frames_padded=features.shape[1],
+                                 encoder_frames=out_frames, audio_tokens=lm_tokens, padded_fraction=0.0,
+                                 length_function=f"{type(fe).__name__}._compute_audio_embed_size "
+                                                 f"(compression {fe.audio_compression_rate})")
+    tower = {"hidden_states": features, "mask": feats.get("audio_attention_mask")}
+    inputs = ModelInputs(tower, None, accounting, "none (no tokenizer)", 0, 0, tower_frames=lm_tokens)
+    audio = {"audio_input_features": features, "audio_embed_sizes": sizes}
+    if feats.get("audio_attention_mask") is not None:
+        audio["audio_attention_mask"] = feats["audio_attention_mask"]
+    return _audio_tokens_then_prompt(inputs, processor, model, lm_tokens, prompt, target, audio)
+
+
+def _phi4_extractor():
+    from transformers import Phi4MultimodalFeatureExtractor
+    return Phi4MultimodalFeatureExtractor()  # 80 mels, time first, as its conformer takes
 
 
 def _seamless_extractor():
@@ -228,6 +262,9 @@ FAMILIES = (
            "the audio's tokens (375 a 30 s window) then the prompt, loss on the target"),
     Family("qwen3_asr", ("Qwen3ASRForConditionalGeneration", "GlmAsrForConditionalGeneration"), measured_inputs,
            "the audio's tokens (as many as get_audio_features hands the LM) in the prompt, loss on the target"),
+    Family("phi4_multimodal", ("Phi4MultimodalForCausalLM",), phi4_inputs,
+           "the audio's tokens (its extractor's count) then the prompt, loss on the target",
+           feature_extractor=_phi4_extractor),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
     Family("granite_speech", ("GraniteSpeechForConditionalGeneration",), qformer_window_inputs,

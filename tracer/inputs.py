@@ -40,7 +40,12 @@ class ModelInputs:
 
 
 def feature_extractor_of(processor):
-    return getattr(processor, "feature_extractor", processor)
+    """A processor's audio part (``audio_processor`` for Phi-4's and Granite's), or the extractor itself."""
+    for name in ("feature_extractor", "audio_processor"):
+        part = getattr(processor, name, None)
+        if part is not None:
+            return part
+    return processor
 
 
 def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
@@ -73,6 +78,12 @@ def encoder_features(processor, encoder, clip: Clip):
 
 
 MASK_NAMES = ("input_features_mask", "feature_attention_mask")  # masks an encoder needs along its features
+
+
+def encoder_hidden(output):
+    """The encoder's last hidden state: a ModelOutput's, or the tensor itself (Phi-4's conformer)."""
+    import torch
+    return output if isinstance(output, torch.Tensor) else output.last_hidden_state
 
 
 def audio_kwargs_for(model, features, accounting: AudioAccounting) -> dict:

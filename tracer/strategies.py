@@ -13,6 +13,7 @@ from .diagnosis import lora_layers
 from .discovery import StaticReport
 from .errors import StrategyFailed, first_line
 from .hooks import Tracer
+from .inputs import encoder_hidden
 from .memory import PeakMemory
 from .naming import new_roots
 from .records import Comparison, RunRecord, StageRecord, Timing
@@ -56,7 +57,7 @@ def make_step(name: str, model, report: StaticReport, inputs, options: RunOption
         encoder = dict(model.named_modules())[report.audio_encoder.path]
         batch = _move(inputs.tower, device)
         frames = inputs.tower_frames if inputs.tower_frames is not None else inputs.accounting.audio_tokens
-        return lambda: tower_loss(encoder(**batch).last_hidden_state, frames, options.loss)
+        return lambda: tower_loss(encoder_hidden(encoder(**batch)), frames, options.loss)
     batch = _move(inputs.full, device)
     return lambda: model(**batch).loss
 
