@@ -86,8 +86,8 @@ def test_static_only_survives_a_clip_the_model_cannot_take(root):
     written, and the clip section says why there are no inputs."""
     loaded = models.builtin_loaded()
     model, processor = loaded.model, loaded.processor
-    # a chat template with no place for the audio: the processor refuses the clip
-    processor.chat_template = "{% for m in messages %}{{ m['content'][1]['text'] }}{% endfor %}"
+    # a chat template with two places for one clip: the processor refuses it
+    processor.chat_template = "{% for m in messages %}<|AUDIO|><|AUDIO|>{{ m['content'][1]['text'] }}{% endfor %}"
     report = trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=TraceOptions(static_only=True))
     assert report.clip is None
     assert report.clip_error.startswith("ValueError: The total number of <|AUDIO|> tokens in the prompts")

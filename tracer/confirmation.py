@@ -53,7 +53,7 @@ def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> l
         out.append(_verdict("language model hidden size (last dim of its output)", lm.hidden_size,
                             _last_dim(_first(record.outputs)) if record else None, "full_forward",
                             "the text config's hidden_size does not match what ran"))
-        if clip is not None and clip.audio_tokens is not None:
+        if clip is not None and (clip.audio_tokens is not None or not clip.audio_in_lm):
             # the LM's output has one position per token it consumed (its inputs may also carry an
             # encoder's states, cross-attended by an encoder-decoder's decoder)
             last = _first(record.outputs) if record else None

@@ -122,13 +122,16 @@ def audio_in_prompt_inputs(processor, model, encoder, clip: Clip, prompt: str, t
 
     messages = [{"role": "user", "content": [{"type": "audio", "audio": clip.info.path},
                                              {"type": "text", "text": prompt}]}]
+    text, template, why_not_its_own = None, "", ""
     if getattr(processor, "chat_template", None):
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         template = "the checkpoint's chat template"
-    else:
+        if audio_token not in text:  # written for another audio token: the processor would expand nothing
+            text, why_not_its_own = None, f" (the checkpoint's chat template puts no {audio_token} in the prompt)"
+    if text is None:
         pattern = BUILTIN_TEMPLATE if audio_token == "<|AUDIO|>" else audio_token + "{prompt}"
         text = pattern.format(prompt=prompt)
-        template = "built-in template " + pattern
+        template = "built-in template " + pattern + why_not_its_own
     end = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else (tokenizer.eos_token or "")
     encoded = processor(text=text, audio=clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
     target_ids = tokenizer(target + end, add_special_tokens=False, return_tensors="pt")["input_ids"]

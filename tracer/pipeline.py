@@ -106,6 +106,8 @@ class TraceReport:
             payload["clip"] = self.clip_record().to_dict()
         if self.clip_error is not None:
             payload["clip_error"] = self.clip_error
+        if self.notes:  # what the tool decided for the user (a substitute processor, a device fallback)
+            payload["notes"] = list(self.notes)
         if self.comparison is not None:
             payload["runs"] = {n: r.to_dict() for n, r in self.runs.items()}  # calls: Chrome trace only
             payload["comparison"] = self.comparison.to_dict()

@@ -1,0 +1,47 @@
+"""The issue's bar, as a user meets it: each family's tiny model saved with save_pretrained (safetensors),
+then `bin/trace CLIP --model DIR`. Both strategies run, the LM positions the clip became are what the
+traced full_forward consumed, no claim is refuted, and no processor is silently replaced."""
+import json
+
+import models
+import pytest
+
+from tracer.cli import main
+
+CHECKPOINTS = {  # family -> builder of (model, processor or None: none ships)
+    "qwen2_audio": lambda: (models.builtin_model(), None),
+    "whisper": models.whisper_with_processor,
+    "audioflamingo3": models.audioflamingo3_with_processor,
+    "musicflamingo": lambda: (models.musicflamingo(), None),
+    "qwen2_5_omni_thinker": lambda: (models.qwen2_5_omni_thinker(), None),
+    "voxtral": lambda: (models.voxtral(), None),
+    "granite_speech": lambda: (models.granite_speech(), None),
+    "qwen3_asr": lambda: (models.qwen3_asr(), None),
+    "glm_asr": lambda: (models.glm_asr(), None),
+    "phi4_multimodal": lambda: (models.phi4_multimodal(), None),
+    "seamless_m4t_speech_to_text": lambda: (models.seamless_m4t_speech_to_text(), None),
+}
+
+
+@pytest.mark.parametrize("family", sorted(CHECKPOINTS))
+def test_a_saved_checkpoint_of_each_family_traces_through_the_cli(family, tmp_path, capsys, root):
+    model, processor = CHECKPOINTS[family]()
+    directory = tmp_path / family
+    model.save_pretrained(directory)
+    if processor is not None:
+        processor.save_pretrained(directory)
+    out = tmp_path / "report.json"
+    capsys.readouterr()
+    code = main([f"{root}/samples/sample.wav", "--model", str(directory), "--repeats", "1", "--warmup", "0",
+                 "--json", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert {name: run["status"] for name, run in data["runs"].items()} == {"audio_tower": "ok", "full_forward": "ok"}
+    verdicts = data["confirmation"]
+    assert [v for v in verdicts if v["verdict"] == "refuted"] == []
+    sequence = [v for v in verdicts if v["claim"].startswith("LM sequence") and v["strategy"] == "full_forward"]
+    assert [v["verdict"] for v in sequence] == ["confirmed"]
+    notes = " ".join(data.get("notes", []))
+    assert ("no processor" in notes) == (processor is None)
+    if family == "audioflamingo3":  # the saved chat template is the built-in tokenizer's, written for <|AUDIO|>
+        assert data["clip"]["template"].endswith("(the checkpoint's chat template puts no <sound> in the prompt)")
