@@ -295,3 +295,27 @@ def phi4_multimodal():
                       "ext_pw_out_channel": 32, "depthwise_separable_out_channel": 32, "nemo_conv_channels": 32,
                       "audio_token_id": audio_id})
     return Phi4MultimodalForCausalLM(config).eval()
+
+
+def kyutai_stt():
+    """A tiny Kyutai speech-to-text (upstream test's shape: 8 codebooks, a small Mimi codec at 12.5 frames a
+    second) with the built-in tokenizer's vocabulary; no processor."""
+    from transformers import (
+        AutoProcessor,
+        KyutaiSpeechToTextConfig,
+        KyutaiSpeechToTextForConditionalGeneration,
+    )
+    tokenizer = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer
+    vocab, books = len(tokenizer), 8
+    torch.manual_seed(0)
+    config = KyutaiSpeechToTextConfig(
+        codebook_vocab_size=2049, vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=512, sliding_window=512, ffn_dim=38, rms_norm_eps=1e-6, num_codebooks=books,
+        audio_bos_token_id=2048, audio_pad_token_id=vocab + books * 2049, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        codec_config={"model_type": "mimi", "num_quantizers": books, "audio_channels": 1, "hidden_size": 16,
+                      "num_filters": 8, "num_residual_layers": 1, "codebook_size": 16,
+                      "vector_quantization_hidden_dimension": 16, "upsample_groups": 16, "num_hidden_layers": 2,
+                      "num_attention_heads": 2, "num_key_value_heads": 2, "sliding_window": 4, "codebook_dim": 16,
+                      "use_cache": False})
+    return KyutaiSpeechToTextForConditionalGeneration(config).eval()

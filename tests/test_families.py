@@ -234,24 +234,50 @@ def test_seamless_m4t_speech_to_text_uses_its_own_extractor_and_decoder(root):
     assert {"base_model.model.text_decoder.layers.1", "base_model.model.lm_head"} <= r.runs["full_forward"].executed_paths()
 
 
-def test_kyutai_codec_front_end_is_said_plainly(root):
-    """Kyutai STT has no audio encoder: its Mimi codec turns audio into codes the LM reads as tokens. Step 3
-    and the strategy say so; a clip cannot be traced yet, which --static-only records and a run refuses."""
-    from transformers import (
-        KyutaiSpeechToTextConfig,
-        KyutaiSpeechToTextForConditionalGeneration,
-    )
+def test_kyutai_codec_front_end_is_said_plainly_and_full_forward_runs_on_its_codes(root):
+    """Kyutai STT has no audio encoder: its Mimi codec turns the clip into 8 codes a frame, 12.5 frames a
+    second. Step 3 and audio_tower say so; full_forward runs the LM on one frame a position (a start row,
+    then codes + text), loss on the text stream; the codec runs outside the traced pass (frozen)."""
+    model = models.kyutai_stt()
+    assert family_of(model).name == "kyutai_stt"
+    target = "the encoder and the language model"
+    r = trace_clip(f"{root}/samples/sample.wav", model, options=TraceOptions(repeats=1, warmup=0, target=target))
+    assert r.static.audio_encoder is None and r.static.audio_codec == "codec_model"
+    assert r.static.strategy.chosen == "full_forward" and "codec at 'codec_model' (MimiModel)" in \
+        r.static.strategy.reason
+    tower, full = r.runs["audio_tower"], r.runs["full_forward"]
+    assert tower.status == "not_applicable" and "through the codec at base_model.model.codec_model" in tower.reason
+    assert full.ok
+    ids = r.inputs.full["input_ids"]
+    frames = r.inputs.accounting.audio_tokens
+    assert ids.shape == (1, frames + 1, 1 + 8)
+    # the codes are the codec's own on the extractor's output, one frame a position after the start row
+    from transformers import KyutaiSpeechToTextFeatureExtractor
+    feats = KyutaiSpeechToTextFeatureExtractor()(r.clip.waveform, sampling_rate=24000, return_tensors="pt")
+    with torch.no_grad():
+        codes = model.codec_model.encode(feats["input_values"], feats["padding_mask"]).audio_codes
+    assert torch.equal(ids[0, 1:, 1:], codes[0].T) and frames == codes.shape[-1]
+    assert frames == -(-feats["input_values"].shape[-1] // 1920)  # 24 kHz / 12.5 a second
+    labels = r.inputs.full["labels"][0]
+    from transformers import AutoProcessor
 
+    from tracer.loading import BUILTIN_MODEL_DIR
+    words = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    assert labels[0] == -100 and labels[1:len(words) + 1].tolist() == words
+    assert set(labels[len(words) + 1:].tolist()) == {model.config.pad_token_id}  # text padding after the words
+    assert torch.equal(ids[0, 1:, 0], labels[1:])  # the text stream is what the loss is on
+    lm = full.module("base_model.model.model")
+    assert lm.outputs[0].shape[1] == frames + 1 == r.inputs.prompt_tokens + r.inputs.target_tokens
+    assert not any(p.startswith("base_model.model.codec_model") for p in full.executed_paths())
+    assert "refuted" not in {v.verdict for v in r.verdicts}
+    assert full.lora_summary["language_model"] == {"ok": 12}
+
+
+def test_kyutai_target_longer_than_the_clips_frames_is_one_line(root):
     from tracer import TracerError
-    with torch.device("meta"):
-        model = KyutaiSpeechToTextForConditionalGeneration(KyutaiSpeechToTextConfig())
-    report = trace_clip(f"{root}/samples/sample.wav", model, options=TraceOptions(static_only=True))
-    assert report.static.audio_encoder is None and report.static.audio_codec == "codec_model"
-    assert report.static.strategy.chosen == "full_forward" and "codec at 'codec_model' (MimiModel)" in \
-        report.static.strategy.reason
-    assert report.clip is None and "codec at codec_model" in report.clip_error
-    with pytest.raises(TracerError, match="not supported yet .*: add --static-only"):
-        trace_clip(f"{root}/samples/sample.wav", model, options=FAST)
+    with pytest.raises(TracerError, match=r"--target: \d+ tokens, but the clip gives 66 codec frames"):
+        trace_clip(f"{root}/samples/sample.wav", models.kyutai_stt(),
+                   options=TraceOptions(repeats=1, warmup=0, target="word " * 40))
 
 
 def test_granite_speech_encoder_takes_hidden_states_and_the_qformer_sets_the_lm_tokens(root):

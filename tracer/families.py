@@ -7,12 +7,13 @@ Covered: Qwen2-Audio and AudioFlamingo3/MusicFlamingo (the audio-in-prompt path,
 processor: its audio token, its masks), Qwen2.5-Omni's thinker (the same, with its encoder's packed input),
 Voxtral (unpooled frames, 375 LM tokens a window), Granite Speech (a conformer taking ``hidden_states``,
 Q-Former windows), Qwen3-ASR and GLM-ASR (the LM-token count measured by running the model's own
-``get_audio_features``), Whisper and SeamlessM4T speech-to-text (encoder-decoder: the decoder's loss on
-the target).
+``get_audio_features``), Phi-4-multimodal (its extractor's count, a nested conformer), Kyutai
+speech-to-text (no encoder: the LM on its codec's codes), Whisper and SeamlessM4T speech-to-text
+(encoder-decoder: the decoder's loss on the target).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .audio import Clip
@@ -37,6 +38,7 @@ class Family:
     build: Callable  # (processor, model, encoder, clip, prompt, target) -> ModelInputs
     what_runs: str  # for the README's table and the report: what full_forward runs on
     feature_extractor: Callable | None = None  # for a checkpoint that ships none, when Whisper's does not fit
+    takes_codec: bool = False  # build() gets the codec front end (no audio encoder) in the encoder's place
 
 
 def encoder_decoder_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
@@ -245,6 +247,55 @@ def _phi4_extractor():
     return Phi4MultimodalFeatureExtractor()  # 80 mels, time first, as its conformer takes
 
 
+def codec_inputs(processor, model, codec, clip: Clip, prompt: str, target: str) -> ModelInputs:
+    """Kyutai speech-to-text has no audio encoder: its Mimi codec turns the clip into K codes a frame (12.5
+    frames a second), and each LM position sums one text token and one frame's codes (its embedding adds
+    the offsets). full_forward: the codes, encoded once outside the traced pass (the codec is frozen;
+    generate() encodes under no_grad too), with the target's tokens in the text stream from the first frame,
+    then text padding; the loss is on the text stream. It takes no prompt; audio_tower does not apply."""
+    import torch
+
+    from .inputs import AudioAccounting, feature_extractor_of
+    fe = feature_extractor_of(processor)
+    feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
+    config = model.config
+    with torch.no_grad():
+        codes = codec.encode(feats["input_values"], feats.get("padding_mask")).audio_codes
+    codes = codes[:, : config.num_codebooks].transpose(1, 2)  # frames x codebooks
+    frames, books = codes.shape[1], codes.shape[2]
+    rate = getattr(codec.config, "frame_rate", None)
+    accounting = AudioAccounting(mel_frames=frames, mel_frames_padded=frames, encoder_frames=frames,
+                                 audio_tokens=frames, padded_fraction=0.0,
+                                 length_function=f"{type(codec).__name__}.encode: {rate:g} frames a second, "
+                                                 f"{books} codes each (its extractor's silence padding included)")
+    inputs = ModelInputs({}, None, accounting, "none (no tokenizer)", 0, 0)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        return inputs
+    vocab = text_vocab_size(model)
+    if vocab is not None and len(tokenizer) > vocab:
+        return replace(inputs, no_full_reason=no_tokenizer_fits(vocab, tokenizer))
+    target_ids = tokenizer(" " + target, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if target_ids.shape[1] > frames:
+        raise TracerError(f"--target: {target_ids.shape[1]} tokens, but the clip gives {frames} codec frames "
+                          "(one text token each): use a shorter --target or a longer clip")
+    text = torch.full((1, frames), config.pad_token_id, dtype=torch.long)
+    text[:, : target_ids.shape[1]] = target_ids
+    start = torch.tensor([[[config.bos_token_id] + [config.audio_bos_token_id] * books]])
+    input_ids = torch.cat([start, torch.cat([text.unsqueeze(-1), codes], dim=-1)], dim=1)
+    labels = torch.cat([torch.tensor([[IGNORE_INDEX]]), text], dim=1)
+    full = {"input_ids": input_ids, "attention_mask": torch.ones(input_ids.shape[:2], dtype=torch.long),
+            "labels": labels}
+    return replace(inputs, full=full, prompt_tokens=1, target_tokens=frames,
+                   template=f"built here: a start row, then per codec frame its {books} codes + one text token "
+                            f"(the target's {target_ids.shape[1]} from the first frame, then padding); no prompt")
+
+
+def _kyutai_extractor():
+    from transformers import KyutaiSpeechToTextFeatureExtractor
+    return KyutaiSpeechToTextFeatureExtractor()  # 24 kHz waveform, as its Mimi codec takes
+
+
 def _seamless_extractor():
     from transformers import SeamlessM4TFeatureExtractor
     return SeamlessM4TFeatureExtractor()  # 80 mels, stacked in pairs: 160 wide, as its speech encoder takes
@@ -265,6 +316,9 @@ FAMILIES = (
     Family("phi4_multimodal", ("Phi4MultimodalForCausalLM",), phi4_inputs,
            "the audio's tokens (its extractor's count) then the prompt, loss on the target",
            feature_extractor=_phi4_extractor),
+    Family("kyutai_stt", ("KyutaiSpeechToTextForConditionalGeneration",), codec_inputs,
+           "the LM on the clip's codec codes (one frame a position) with the target in the text stream",
+           feature_extractor=_kyutai_extractor, takes_codec=True),
     Family("whisper", ("WhisperForConditionalGeneration",), encoder_decoder_inputs,
            "encoder + decoder, loss on the target text"),
     Family("granite_speech", ("GraniteSpeechForConditionalGeneration",), qformer_window_inputs,

@@ -222,14 +222,7 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     )
     from .loading import processor_for
     prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
-    if report.audio_encoder is None and report.audio_codec is not None:
-        why = (f"its audio enters through the codec at {report.audio_codec} as discrete codes in the LM's input; "
-               "tracing such a model on a clip is not supported yet (step 3 has its structure)")
-        if options.static_only:
-            trace.clip_error = why
-            return None, None
-        raise TracerError(f"{loaded.name}: {why}: add --static-only")
-    if report.audio_encoder is None:
+    if report.audio_encoder is None and report.audio_codec is None:
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
         if tokenizer is None or not callable(tokenizer):
             raise TracerError(f"{loaded.name}: not an audio model (no audio encoder in step 3) and no tokenizer "
@@ -237,7 +230,16 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
         _note(trace, observe, "no audio encoder: the clip is read for the record, full_forward runs on the text alone")
         audio = load_clip(clip, 16000, offset=options.offset, duration=options.duration)
         return audio, _prepared(lambda: prepare_text_inputs(tokenizer, prompt, target), trace, options)
-    encoder = dict(loaded.model.named_modules())[report.audio_encoder.path]
+    if report.audio_encoder is None and not family_of(loaded.model).takes_codec:
+        why = (f"its audio enters through the codec at {report.audio_codec} as discrete codes in the LM's input, "
+               "and no family entry says how to build them (step 3 has its structure)")
+        if options.static_only:
+            trace.clip_error = why
+            return None, None
+        raise TracerError(f"{loaded.name}: {why}: add --static-only")
+    # a codec front end (Kyutai) takes the encoder's place: its family encodes the clip with it
+    encoder = dict(loaded.model.named_modules())[report.audio_encoder.path if report.audio_encoder
+                                                 else report.audio_codec]
     processor, note = processor_for(loaded, encoder)
     family = family_of(loaded.model)
     if note and family.feature_extractor is not None:  # the family knows its extractor better than ours
@@ -247,7 +249,7 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     if note:
         _note(trace, observe, note)
     fe = feature_extractor_of(processor)
-    audio = load_clip(clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", 30)),
+    audio = load_clip(clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", None) or 30),
                       offset=options.offset, duration=options.duration)
     return audio, _prepared(lambda: prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt,
                                                    target=target), trace, options)
