@@ -13,6 +13,19 @@ def pytest_addoption(parser):
                      help="rewrite tests/golden/*.txt from this run instead of comparing (review the diff)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def named_model_cache(tmp_path_factory):
+    """Named models (bin/trace --model whisper-tiny.en) build into this session's cache, never ~/.cache."""
+    directory = tmp_path_factory.mktemp("xdg-cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(directory)
+    yield directory
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def root():
     return ROOT

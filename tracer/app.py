@@ -55,7 +55,9 @@ class TextReport:
         )
         from .reporting import render_clip, render_static
         out, args = self.out, self.args
-        if event == "note":
+        if event == "progress":  # long work before the report starts (a named model's first build)
+            print(detail, file=sys.stderr, flush=True)
+        elif event == "note":
             out.emit(f"note: {detail}")
         elif event == "static":
             out.emit(render_static(report.static, depth=args.depth))

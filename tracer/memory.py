@@ -6,14 +6,17 @@ import threading
 
 
 def _rss_bytes() -> int:
+    """Anonymous resident memory (resident less file-backed and shared pages): what allocations take; the
+    pages of mmapped weights and libraries come and go with the page cache, unrelated to the block."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fields = f.read().split()
+    return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
 
 
 class PeakMemory:
     """``with PeakMemory(device) as m: ...`` then ``m.peak_bytes`` (growth over the start) and ``m.kind``.
 
-    On CPU a thread samples the resident set every millisecond: the peak is a lower bound, and it counts
+    On CPU a thread samples the anonymous resident set every millisecond: the peak is a lower bound, and it counts
     everything the process allocates, not only tensors.
     """
 
@@ -21,7 +24,7 @@ class PeakMemory:
         self.device = device
         self.interval_s = interval_s
         self.peak_bytes: int | None = None
-        self.kind = "cuda max_memory_allocated" if device.type == "cuda" else "sampled peak RSS growth"
+        self.kind = "cuda max_memory_allocated" if device.type == "cuda" else "sampled peak RSS growth (anonymous pages)"
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -30,6 +33,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        import gc
+        gc.collect()  # garbage freed by a collection inside the block would hide the block's own growth
         self._base = self._peak = _rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)

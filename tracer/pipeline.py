@@ -77,7 +77,7 @@ class TraceReport:
     """What one trace found; ``to_dict()`` is the ``--json`` record (schema v1). The observer sees it part
     by part: each event gets the report as it stands then."""
     model_name: str
-    source: str  # builtin | dir | hub | config | object
+    source: str  # builtin | named | dir | hub | config | object
     model_info: dict
     static: Any  # discovery.StaticReport of the model as loaded
     model: Any = None  # the model that ran (PEFT-wrapped when LoRA was attached)
@@ -166,7 +166,7 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
     from .loading import input_device, resolve_device, resolve_dtype
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
-    loaded = _load(model, config, processor, options, device, dtype)
+    loaded = _load(model, config, processor, options, device, dtype, observe)
     if options.device_map:
         device = input_device(loaded.model, device)
     report = static_report(loaded.model)
@@ -177,6 +177,9 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
         model=loaded.model)
     if loaded.source == "builtin":
         _note(trace, observe, BUILTIN_BANNER)
+    elif loaded.source == "named":
+        from .named import banner
+        _note(trace, observe, banner(loaded.directory))
     observe("static", trace.freeze(), None)
     if clip is None and not options.static_only:
         from .loading import BUILTIN_CLIP
@@ -193,7 +196,7 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
     return final
 
 
-def _load(model, config, processor, options: TraceOptions, device, dtype):
+def _load(model, config, processor, options: TraceOptions, device, dtype, observe: Observer):
     from .loading import LoadedModel, load_model
     if model is not None and not isinstance(model, str):
         if config is not None:
@@ -202,7 +205,7 @@ def _load(model, config, processor, options: TraceOptions, device, dtype):
         return LoadedModel(model, processor, type(model).__name__, "object", on_meta)
     return load_model(model, config, device=device, dtype=dtype, static_only=options.static_only,
                       trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle,
-                      device_map=options.device_map)
+                      device_map=options.device_map, progress=lambda text: observe("progress", None, text))
 
 
 def _note(trace: _Draft, observe: Observer, text: str) -> None:
