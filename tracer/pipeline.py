@@ -17,7 +17,8 @@ from .schema import SCHEMA_VERSION
 from .vocab import LOSSES, RUN_FAILED, STRATEGIES
 
 BUILTIN_BANNER = ("built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
-                  "noise); pass --model DIR_OR_HUB_ID for a real checkpoint")
+                  "noise); pass --model DIR_OR_HUB_ID for a real checkpoint, or --model whisper-tiny.en for a "
+                  "pretrained one offline")
 
 
 @dataclass
