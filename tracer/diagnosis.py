@@ -9,18 +9,13 @@ import math
 
 import torch
 
+from .distributed import tensor_facts
 from .lora_params import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
 from .naming import collapse_paths
 from .records import LoraLayerRecord
 from .vocab import LORA_STATUSES
 
 STATUSES = LORA_STATUSES
-
-
-def _norm(param) -> float | None:
-    if param is None or param.grad is None:
-        return None
-    return float(torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32))
 
 
 def _reentrant_checkpoint_above(modules: dict, path: str) -> bool:
@@ -43,30 +38,34 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
     for call in calls:
         grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
     modules_by_path = dict(model.named_modules())  # once, not per layer
-    out = []
+    layers = []
     for path, layer in lora_layers(model):
         for adapter, a, b in lora_params(layer):
             magnitude = getattr(layer, "lora_magnitude_vector", None)
-            mag = magnitude[adapter].weight if magnitude is not None and adapter in magnitude else None
-            rec = records.get(path)
-            branch = records.get(f"{path}.lora_A.{adapter}")
-            step = steps.get((path, adapter)) if steps is not None else None
-            norms = (_norm(a), _norm(b), _norm(mag))
-            if step is not None and norms[0] is None and norms[1] is None:
-                norms = (step.grad_norm_A, step.grad_norm_B, norms[2])
-            status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch,
-                                            grad_any.get(path), a, b, norms)
-            if step is not None or labels_masked:
-                status, cause, hint = _after_gradients(status, cause, hint, step, steps is not None, labels_masked)
-            extra = {} if step is None else dict(
-                in_optimizer=step.in_optimizer, lr=step.lr, optimizer_steps=step.steps, stepped=step.stepped,
-                update_ratio_A=step.update_ratio_A, update_ratio_B=step.update_ratio_B)
-            out.append(LoraLayerRecord(
-                path=path, adapter=adapter, component=component_of.get(path, "other"),
-                executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
-                grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
-                grad_norm_magnitude=norms[2], lora_B_zero=not bool(b.detach().any()), status=status, cause=cause,
-                hint=hint, **extra))
+            layers.append((path, layer, adapter, a, b,
+                           magnitude[adapter].weight if magnitude is not None and adapter in magnitude else None))
+    # every gradient fact at once: under FSDP2 the shards' sums meet in one all-reduce
+    facts = tensor_facts([(a, b, mag) for _, _, _, a, b, mag in layers])
+    out = []
+    for (path, layer, adapter, a, b, mag), (norms, b_zero, finite) in zip(layers, facts):
+        rec = records.get(path)
+        branch = records.get(f"{path}.lora_A.{adapter}")
+        step = steps.get((path, adapter)) if steps is not None else None
+        if step is not None and norms[0] is None and norms[1] is None:
+            norms = (step.grad_norm_A, step.grad_norm_B, norms[2])
+        status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch,
+                                        grad_any.get(path), a, b, norms, b_zero, finite)
+        if step is not None or labels_masked:
+            status, cause, hint = _after_gradients(status, cause, hint, step, steps is not None, labels_masked)
+        extra = {} if step is None else dict(
+            in_optimizer=step.in_optimizer, lr=step.lr, optimizer_steps=step.steps, stepped=step.stepped,
+            update_ratio_A=step.update_ratio_A, update_ratio_B=step.update_ratio_B)
+        out.append(LoraLayerRecord(
+            path=path, adapter=adapter, component=component_of.get(path, "other"),
+            executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
+            grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
+            grad_norm_magnitude=norms[2], lora_B_zero=b_zero, status=status, cause=cause,
+            hint=hint, **extra))
     return out
 
 
@@ -94,7 +93,7 @@ def _after_gradients(status, cause, hint, step, watched: bool, labels_masked: bo
     return ("ok", "gradients flow and the step moved the weights", "")
 
 
-def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms):
+def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, finite: bool):
     norm_a, norm_b, norm_m = norms
     if rec is None or not rec.executed:
         return ("not_executed", "the layer never ran in this pass",
@@ -121,15 +120,14 @@ def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms)
                     "{'use_reentrant': False}")
         return ("no_grad_mode", "it ran with autograd off (torch.no_grad() or torch.inference_mode())",
                 "run the forward of the training step with autograd enabled")
-    finite = [n for n in (norm_a, norm_b, norm_m) if n is not None]
-    if any(not math.isfinite(n) for n in finite) or not _finite(a.grad) or not _finite(b.grad):
+    present = [n for n in (norm_a, norm_b, norm_m) if n is not None]
+    if any(not math.isfinite(n) for n in present) or not finite:
         return ("nonfinite", "NaN or Inf in its gradients",
                 "look for NaN/Inf in the loss or inputs; lower the learning rate or use fp32/bf16 with loss scaling")
     if norm_a is None and norm_b is None:
         return ("off_loss_path", "it ran with autograd on, but the loss does not depend on its output "
                                  "(detached downstream or an unused output)",
                 "find the .detach()/no_grad or the unused hidden state between this layer and the loss")
-    b_zero = not bool(b.detach().any())
     if b_zero and norm_a == 0.0 and (norm_b or 0.0) > 0.0:
         return ("zero_init", "lora_B is all zeros (fresh adapter), so lora_A's gradient is exactly 0: expected "
                              "before the first optimizer step; lora_B does get a gradient",
@@ -139,10 +137,6 @@ def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms)
                              "or a dead activation)",
                 "check the loss weighting and that the labels are not all -100")
     return ("ok", "gradients flow", "")
-
-
-def _finite(grad) -> bool:
-    return grad is None or bool(torch.isfinite(grad).all())
 
 
 def summarize(records: list[LoraLayerRecord]) -> dict:

@@ -121,8 +121,12 @@ class Tracer:
         if self.memory:
             self._memory = self.memory_source or (CudaAllocatorMemory(first.device.index) if self._cuda else None)
         self._now = self._cuda_event if self._cuda else time.perf_counter_ns
-        self._param_storage = {p.untyped_storage().data_ptr() for p in self.model.parameters()
-                               if p.device.type != "meta"}
+        from .distributed import is_sharded, local
+        params = [p for p in self.model.parameters() if p.device.type != "meta"]
+        # FSDP2: parameters are DTensor shards (the unsharded storage is freed between passes); the shard's
+        # storage is what exists now, and _pre adds the unsharded ones as FSDP gathers them
+        self._sharded = any(is_sharded(p) for p in params)
+        self._param_storage = {local(p).untyped_storage().data_ptr() for p in params}
         try:
             for idx, (_, module) in enumerate(modules):
                 self._handles.append(module.register_forward_pre_hook(partial(self._pre, idx), with_kwargs=True))
@@ -178,6 +182,10 @@ class Tracer:
                 [_meta(t) for t in items], None, 0, False, 0, None, None, None, None, None, []]
         cid = len(self._calls)
         self._calls.append(call)
+        if self._sharded:  # FSDP2 has just swapped in the gathered weights: they are not activations
+            for param in module._parameters.values():
+                if param is not None and type(param) is not torch.distributed.tensor.DTensor:
+                    self._param_storage.add(param.untyped_storage().data_ptr())
         if not self._stack and "labels" in kwargs:  # NB: the root's call only: one check a pass
             labels = kwargs["labels"]
             self.labels_all_masked = isinstance(labels, torch.Tensor) and bool((labels == -100).all())
@@ -307,9 +315,30 @@ class Tracer:
 
     def result(self) -> dict:
         """The run record (JSON-ready): modules, never_called, totals, where a failure happened, and with
-        LoRA layers their diagnosis. Call it after backward, before zero_grad (it reads ``.grad``)."""
+        LoRA layers their diagnosis. Call it after backward, before zero_grad (it reads ``.grad``). Under
+        torch.distributed it is this rank's, with ``rank``, ``world_size`` and ``backend``; with sharded
+        (FSDP2) parameters it is a collective: every rank calls it."""
+        from .distributed import rank_info
         from .rollup import run_record
-        return run_record(self.collected(), self.model, self.component_of)
+        record = run_record(self.collected(), self.model, self._components())
+        info = rank_info()
+        if info is not None:
+            record.update(info)
+        return record
+
+    def merged(self, run: dict | None = None) -> dict | None:
+        """Every rank's facts on rank 0: per module and per stage the times of each rank, the skew (the
+        slowest rank over the median) and the slowest rank, and whether the LoRA statuses agree (a rank that
+        disagrees is named). A collective: every rank calls it; None on ranks other than 0. ``run``: this
+        rank's ``result()`` when already taken (it reads ``.grad``)."""
+        from .distributed import merge
+        return merge(run if run is not None else self.result(), self._components())
+
+    def _components(self) -> dict:
+        if self.component_of is None:
+            from .discovery import static_report
+            self.component_of = static_report(self.model).component_of
+        return self.component_of
 
 
 @dataclass

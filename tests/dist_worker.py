@@ -1,0 +1,89 @@
+"""Run under `torchrun --nproc_per_node 2` (gloo, CPU) by tests/test_distributed.py: a PEFT LoRA model traced
+with DDP and with FSDP2, each rank on its half of one global batch; rank 1 slowed on purpose in one module.
+Each rank writes what it saw to OUT_DIR/{mode}-{rank}.json; rank 0 adds the merged view."""
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tracer.hooks import Tracer  # noqa: E402
+
+SLOWED = "base_model.model.model.layers.1.mlp"  # rank 1 sleeps here
+SLEEP_S = 0.05
+
+
+def build_model():
+    """The same tiny Qwen2 + LoRA on every rank (and in the single-process reference): seed 0, lora_B
+    random so lora_A gets a gradient too."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    return get_peft_model(Qwen2ForCausalLM(config), lora)
+
+
+def global_batch():
+    torch.manual_seed(1)
+    return torch.randint(0, 100, (4, 8))
+
+
+def loss_of(model, input_ids):
+    # a mean over equal-sized shards: the ranks' average is the global batch's mean
+    return model(input_ids=input_ids).logits.float().square().mean()
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def run(mode: str, out_dir: str) -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = build_model()
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        traced = DistributedDataParallel(model)
+        slowed = dict(traced.named_modules())["module." + SLOWED]
+    else:
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.base_model.model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        traced = model
+        slowed = dict(traced.named_modules())[SLOWED]
+    hooks_before = _hooks(traced)
+    rows = global_batch().chunk(world)[rank]
+    with Tracer(traced) as tracer:
+        if rank == 1:  # registered after the tracer's: the sleep falls inside the module's timed window
+            slowed.register_forward_pre_hook(lambda *args: time.sleep(SLEEP_S))
+        loss_of(traced, rows).backward()
+    run_record = tracer.result()
+    merged = tracer.merged(run_record)
+    out = {"mode": mode, "rank": run_record["rank"], "world_size": run_record["world_size"],
+           "backend": run_record["backend"], "hooks_left": _hooks(traced) - hooks_before - (rank == 1),
+           "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}
+                    for r in run_record["lora"]],
+           "saved_bytes": {m["path"].removeprefix("module."): m["saved_bytes"] for m in run_record["modules"]},
+           "merged": merged}
+    with open(os.path.join(out_dir, f"{mode}-{rank}.json"), "w") as f:
+        json.dump(out, f)
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    try:
+        for mode in sys.argv[2:]:
+            run(mode, sys.argv[1])
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

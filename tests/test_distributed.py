@@ -1,0 +1,95 @@
+"""The Tracer under torch.distributed: two real processes (torchrun, gloo, CPU), DDP and FSDP2."""
+import json
+import os
+import subprocess
+import sys
+
+import dist_worker
+import pytest
+import torch
+
+from tracer.hooks import Tracer
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, root):
+    """One torchrun of 2 processes doing both modes; {mode: [rank 0's output, rank 1's]}."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(root, "tests", "dist_worker.py"), str(out), "ddp", "fsdp"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
+            for mode in ("ddp", "fsdp")}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The same model on the whole global batch in one process: LoRA gradient norms by autograd."""
+    model = dist_worker.build_model()
+    dist_worker.loss_of(model, dist_worker.global_batch()).backward()
+    norms = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None and ".lora_" in name:
+            norms[name] = float(param.grad.norm())
+    return norms
+
+
+MODES = ("ddp", "fsdp")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_rank_completes_with_its_rank_and_no_hook_left(ranks, mode):
+    outs = ranks[mode]
+    assert [(o["rank"], o["world_size"], o["backend"]) for o in outs] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert [o["hooks_left"] for o in outs] == [0, 0]
+    assert all(r["status"] == "ok" for o in outs for r in o["lora"]) and len(outs[0]["lora"]) == 6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lora_norms_are_the_full_gradients_on_every_rank(ranks, reference, mode):
+    """DDP all-reduces the gradients; FSDP2 leaves shards, whose squared norms are summed over the ranks:
+    both equal one process's norms on the same global batch."""
+    for out in ranks[mode]:
+        for layer in out["lora"]:
+            path = layer["path"].removeprefix("module.")
+            for part, key in (("lora_A", "grad_norm_A"), ("lora_B", "grad_norm_B")):
+                expected = reference[f"{path}.{part}.{layer['adapter']}.weight"]
+                assert layer[key] == pytest.approx(expected, rel=1e-5), (mode, path, part)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rank_0_merges_both_ranks_and_names_the_slowed_one(ranks, mode):
+    merged, other = ranks[mode][0]["merged"], ranks[mode][1]["merged"]
+    assert other is None  # only rank 0 gets the merged view
+    assert merged["world_size"] == 2 and merged["ranks"] == [0, 1] and merged["lora_statuses_agree"]
+    prefix = "module." if mode == "ddp" else ""
+    slowed = next(m for m in merged["modules"] if m["path"] == prefix + dist_worker.SLOWED)
+    assert slowed["slowest_rank"] == 1 and slowed["forward_ms"][1] >= dist_worker.SLEEP_S * 1000
+    assert slowed["skew"] > 1.5
+    stage = merged["stages"]["language_model"]
+    assert stage["slowest_rank"] == 1 and stage["forward_ms"][1] > stage["forward_ms"][0] + 40
+
+
+def test_fsdp_gathered_weights_are_not_counted_as_saved_activations(ranks):
+    """FSDP2 gathers each layer's weights into new storages as the layer runs; autograd saves them for
+    backward, but they are weights: no module saves more than under DDP, whose weights are plain (counted,
+    a Linear's weight would add 4 or 8 KiB). Not equal byte for byte: storages are told apart by address,
+    and FSDP's gathers and frees recycle addresses, so a few small saved tensors go uncounted."""
+    ddp, fsdp = ranks["ddp"][0]["saved_bytes"], ranks["fsdp"][0]["saved_bytes"]
+    assert fsdp.keys() <= ddp.keys()
+    assert {p: (ddp[p], b) for p, b in fsdp.items() if b > ddp[p]} == {}
+    assert sum(fsdp.values()) >= 0.9 * sum(ddp.values())
+
+
+def test_without_a_process_group_the_merged_view_is_this_process_alone():
+    model = dist_worker.build_model()
+    with Tracer(model) as tracer:
+        dist_worker.loss_of(model, dist_worker.global_batch()).backward()
+    run = tracer.result()
+    assert "rank" not in run
+    merged = tracer.merged(run)
+    assert merged["world_size"] == 1 and merged["ranks"] == [0] and merged["lora_statuses_agree"]
+    assert {m["slowest_rank"] for m in merged["modules"]} == {0}

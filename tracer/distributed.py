@@ -1,0 +1,138 @@
+"""Tracing under torch.distributed (DDP, FSDP2): facts per rank, norms of the full gradient when parameters
+are sharded, and one merged view on rank 0. Only torch.distributed's own collectives go on the wire.
+
+FSDP2 (``fully_shard``) keeps parameters and gradients as DTensor shards: a shard's norm is not the
+gradient's, so the squared local norms are summed over the ranks (one all-reduce for every LoRA layer at
+once). DDP's gradients are already all-reduced: every rank holds the full one.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+
+def rank_info() -> dict | None:
+    """``{"rank", "world_size", "backend"}`` under an initialised process group, else None."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return {"rank": dist.get_rank(), "world_size": dist.get_world_size(), "backend": str(dist.get_backend())}
+
+
+def is_sharded(tensor) -> bool:
+    """A DTensor (FSDP2's parameters and gradients): each rank holds a shard."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed support
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def local(tensor):
+    """What this rank holds: a DTensor's shard, or the tensor itself."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def tensor_facts(triples: list) -> list:
+    """For each ``(lora_A, lora_B, magnitude or None)``: the norms of their full gradients (None where no
+    gradient), whether lora_B is all zeros, and whether the gradients are finite — over every shard. A
+    collective when any of them is sharded: every rank must call it with the same layers in the same order."""
+    rows, sharded = [], False
+    for triple in triples:
+        row = []
+        for param in triple:
+            grad = None if param is None else param.grad
+            sharded = sharded or (grad is not None and is_sharded(grad))
+            row.append(None if grad is None else local(grad.detach()).float())
+        b_local = local(triple[1].detach())
+        sharded = sharded or is_sharded(triple[1])
+        rows.append((row, b_local))
+    # per triple: squared norms of the three gradients, non-zeros in lora_B, non-finite gradient entries
+    sums = torch.zeros(len(rows), 5, dtype=torch.float64)
+    for i, (row, b_local) in enumerate(rows):
+        for j, grad in enumerate(row):
+            if grad is not None:
+                sums[i, j] = float(grad.double().square().sum())
+        sums[i, 3] = float(torch.count_nonzero(b_local))
+        sums[i, 4] = float(sum(int((~torch.isfinite(g)).sum()) for g in row[:2] if g is not None))
+    if sharded and rank_info() is not None:
+        import torch.distributed as dist
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    out = []
+    for (row, _), values in zip(rows, sums.tolist()):
+        norms = tuple(None if row[j] is None else math.sqrt(values[j]) for j in range(3))
+        out.append((norms, values[3] == 0, values[4] == 0))
+    return out
+
+
+def merge(run: dict, component_of: dict) -> dict | None:
+    """Every rank's run record (``Tracer.result()``) on rank 0, merged: a collective (every rank calls it);
+    None on the other ranks, and ``run`` as the only rank without a process group."""
+    import torch.distributed as dist
+    info = rank_info()
+    summary = _summary(run, component_of, info)
+    if info is None:
+        return _merged([summary], {"rank": 0, "world_size": 1, "backend": None})
+    gathered = [None] * info["world_size"] if info["rank"] == 0 else None
+    dist.gather_object(summary, gathered, dst=0)
+    return _merged(gathered, info) if info["rank"] == 0 else None
+
+
+def _summary(run: dict, component_of: dict, info: dict | None) -> dict:
+    """What rank 0 needs from a rank: per module its times and memory, per stage its times, LoRA statuses."""
+    modules = {m["path"]: (m["self_forward_ms"], m["backward_ms"], m["peak_bytes"]) for m in run["modules"]
+               if m["executed"]}
+    stages: dict = {}
+    for m in run["modules"]:
+        if not m["executed"]:
+            continue
+        stage = stages.setdefault(component_of.get(m["path"], "other"), {"forward_ms": 0.0, "backward_ms": 0.0})
+        stage["forward_ms"] += m["self_forward_ms"]
+        parent = m["path"].rpartition(".")[0]
+        # a component's backward is its roots' (their windows cover their children's)
+        if m["backward_ms"] is not None and component_of.get(parent) != component_of.get(m["path"]):
+            stage["backward_ms"] += m["backward_ms"]
+    lora = {(r["path"], r["adapter"]): r["status"] for r in run.get("lora", ())}
+    return {"rank": (info or {}).get("rank", 0), "modules": modules, "stages": stages, "lora": lora,
+            "total_forward_ms": run["total_forward_ms"], "total_backward_ms": run["total_backward_ms"]}
+
+
+def _skew(values: list) -> tuple:
+    """(slowest over the median, the slowest rank) of per-rank times; None where a rank has none."""
+    known = [(v, rank) for rank, v in enumerate(values) if v is not None]
+    if not known:
+        return None, None
+    slowest, rank = max(known)
+    median = statistics.median(v for v, _ in known)
+    return (slowest / median if median > 0 else None), rank
+
+
+def _merged(summaries: list, info: dict) -> dict:
+    summaries = sorted(summaries, key=lambda s: s["rank"])
+    paths = list(dict.fromkeys(p for s in summaries for p in s["modules"]))
+    modules = []
+    for path in paths:
+        per_rank = [s["modules"].get(path, (None, None, None)) for s in summaries]
+        forward, backward = [r[0] for r in per_rank], [r[1] for r in per_rank]
+        skew, slowest = _skew([(f or 0.0) + (b or 0.0) if f is not None else None for f, b in zip(forward, backward)])
+        modules.append({"path": path, "forward_ms": forward, "backward_ms": backward,
+                        "peak_bytes": [r[2] for r in per_rank], "skew": skew, "slowest_rank": slowest})
+    stages = {}
+    for name in dict.fromkeys(n for s in summaries for n in s["stages"]):
+        forward = [s["stages"].get(name, {}).get("forward_ms") for s in summaries]
+        backward = [s["stages"].get(name, {}).get("backward_ms") for s in summaries]
+        totals = [None if f is None else f + (b or 0.0) for f, b in zip(forward, backward)]
+        skew, slowest = _skew(totals)
+        stages[name] = {"forward_ms": forward, "backward_ms": backward, "skew": skew, "slowest_rank": slowest}
+    disagreements = []
+    for key in dict.fromkeys(k for s in summaries for k in s["lora"]):
+        statuses = [s["lora"].get(key) for s in summaries]
+        if len(set(statuses)) > 1:
+            disagreements.append({"path": key[0], "adapter": key[1], "statuses": statuses})
+    return {"world_size": info["world_size"], "backend": info["backend"], "ranks": [s["rank"] for s in summaries],
+            "total_forward_ms": [s["total_forward_ms"] for s in summaries],
+            "total_backward_ms": [s["total_backward_ms"] for s in summaries],
+            "modules": modules, "stages": stages, "lora_statuses_agree": not disagreements,
+            "lora_disagreements": disagreements}
