@@ -75,11 +75,67 @@ def run(mode: str, out_dir: str) -> None:
         json.dump(out, f)
 
 
+def fsdp_step(out_dir: str) -> None:
+    """FSDP2 with an AdamW step inside the traced block (the optimizer watched): gradient norms and update
+    ratios from sharded parameters, every rank on its half of the batch."""
+    from torch.distributed.fsdp import fully_shard
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = build_model()
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    with Tracer(model, optimizer=optimizer) as tracer:
+        loss_of(model, global_batch().chunk(world)[rank]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    run_record = tracer.result()
+    out = {"rank": rank, "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B",
+                                                      "update_ratio_A", "update_ratio_B", "optimizer_steps")}
+                                  for r in run_record["lora"]]}
+    with open(os.path.join(out_dir, f"fsdp_step-{rank}.json"), "w") as f:
+        json.dump(out, f)
+
+
+LR = 1e-3
+
+
+def trainer(out_dir: str) -> None:
+    """The HF Trainer under torchrun (DDP through accelerate) with TracerCallback: one merged report, from
+    rank 0 alone."""
+    from transformers import Trainer, TrainingArguments
+
+    from tracer.callback import TracerCallback
+
+    class Batches(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            ids = global_batch()[i % 4]
+            return {"input_ids": ids, "labels": ids}
+
+    callback = TracerCallback(steps=(1,), output_dir=os.path.join(out_dir, "trainer-traces"))
+    args = TrainingArguments(output_dir=os.path.join(out_dir, "trainer"), per_device_train_batch_size=2,
+                             max_steps=2, learning_rate=LR, report_to=[], use_cpu=True, ddp_backend="gloo",
+                             save_strategy="no", logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True)
+    Trainer(model=build_model(), args=args, train_dataset=Batches(), callbacks=[callback]).train()
+    with open(os.path.join(out_dir, f"trainer-{dist.get_rank()}.json"), "w") as f:
+        json.dump({"rank": dist.get_rank(), "has_merged": "merged" in callback.results.get(1, {}),
+                   "traced_rank": callback.results.get(1, {}).get("rank")}, f)
+
+
+MODES = {"fsdp_step": fsdp_step, "trainer": trainer}
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     try:
         for mode in sys.argv[2:]:
-            run(mode, sys.argv[1])
+            if mode in MODES:
+                MODES[mode](sys.argv[1])
+            else:
+                run(mode, sys.argv[1])
             dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -18,11 +18,14 @@ def ranks(tmp_path_factory, root):
     """One torchrun of 2 processes doing both modes; {mode: [rank 0's output, rank 1's]}."""
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           os.path.join(root, "tests", "dist_worker.py"), str(out), "ddp", "fsdp"],
+                           os.path.join(root, "tests", "dist_worker.py"), str(out), "ddp", "fsdp", "fsdp_step", "trainer"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
-            for mode in ("ddp", "fsdp")}
+    outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
+               for mode in ("ddp", "fsdp", "fsdp_step", "trainer")}
+    outputs["trainer_traces"] = sorted(p.name for p in (out / "trainer-traces").iterdir())
+    outputs["trainer_report"] = json.loads((out / "trainer-traces" / "trace-step1.json").read_text())
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,40 @@ def test_fsdp_gathered_weights_are_not_counted_as_saved_activations(ranks):
     assert fsdp.keys() <= ddp.keys()
     assert {p: (ddp[p], b) for p, b in fsdp.items() if b > ddp[p]} == {}
     assert sum(fsdp.values()) >= 0.9 * sum(ddp.values())
+
+
+@pytest.fixture(scope="module")
+def reference_step():
+    """One process, the whole global batch, one AdamW step: each LoRA weight's update ratio ||dW|| / ||W||."""
+    model = dist_worker.build_model()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer = torch.optim.AdamW(list(params.values()), lr=dist_worker.LR)
+    dist_worker.loss_of(model, dist_worker.global_batch()).backward()
+    optimizer.step()
+    return {n: float((p.detach() - before[n]).norm() / before[n].norm()) for n, p in params.items()}
+
+
+def test_fsdp_optimizer_step_is_seen_whole_on_every_rank(ranks, reference, reference_step):
+    """With the optimizer watched under FSDP2: gradient norms (kept through zero_grad) and update ratios
+    are of the whole parameters, equal on both ranks to one process's step on the global batch."""
+    for out in ranks["fsdp_step"]:
+        assert {r["status"] for r in out["lora"]} == {"ok"} and {r["optimizer_steps"] for r in out["lora"]} == {1}
+        for layer in out["lora"]:
+            stem = f"{layer['path']}.{{}}.{layer['adapter']}.weight"
+            assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
+            assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
+            assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
+            assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+
+
+def test_trainer_callback_under_torchrun_writes_one_merged_report_from_rank_0(ranks):
+    assert ranks["trainer_traces"] == ["trace-step1.json", "trace-step1.md"]  # rank 1 wrote nothing
+    assert [(o["has_merged"], o["traced_rank"]) for o in ranks["trainer"]] == [(True, 0), (False, 1)]
+    report = ranks["trainer_report"]
+    merged = report["merged"]
+    assert report["world_size"] == 2 and merged["ranks"] == [0, 1] and merged["lora_statuses_agree"]
+    assert {r["status"] for r in report["lora"]} == {"ok"}
 
 
 def test_without_a_process_group_the_merged_view_is_this_process_alone():

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 class TracerCallback(TrainerCallback):
     """``Trainer(..., callbacks=[TracerCallback(steps=(1, 2))])``; then ``callback.results[step]`` is the
     run record of that step (as ``Tracer.result()``). With ``output_dir`` each is also written there as
-    ``trace-step{N}.json``."""
+    ``trace-step{N}.json``. Under torchrun or ``accelerate launch`` every rank traces its part, and rank 0
+    alone writes, with every rank's facts merged under ``"merged"`` (``Tracer.merged()``)."""
 
     def __init__(self, steps=(1,), output_dir: str | None = None):
         self.steps = {int(s) for s in steps}
@@ -44,6 +45,12 @@ class TracerCallback(TrainerCallback):
         tracer, step = self._tracer, self._step
         self._close()
         run = tracer.result()
+        if "rank" in run:  # under torchrun / accelerate launch: every rank's facts, merged on rank 0
+            merged = tracer.merged(run)
+            if run["rank"] != 0:
+                self.results[step] = run
+                return
+            run = {**run, "merged": merged}
         self.results[step] = run
         section = step_section(step, run)
         logger.info("%s", section.text())
@@ -86,4 +93,20 @@ def step_section(step: int, run: dict):
     table = tabulate(rows, headers=["layer", "status", "|grad A|", "|grad B|", "update A", "update B"],
                      tablefmt="simple", disable_numparse=True)
     more = f"\n  ({len(lora) - len(shown)} more layers ok)" if len(lora) > len(shown) else ""
-    return Section(f"STEP {step}", counts, table + more)
+    return Section(f"STEP {step}", counts, table + more + ranks_lines(run.get("merged")))
+
+
+def ranks_lines(merged: dict | None) -> str:
+    """The merged view in a few lines: each stage's slowest rank and skew; LoRA statuses across ranks."""
+    if not merged or merged["world_size"] < 2:
+        return ""
+    lines = [f"\n  {merged['world_size']} ranks ({merged['backend']}):"]
+    for name, stage in merged["stages"].items():
+        if stage["skew"] is not None:
+            lines.append(f"    {name}: slowest on rank {stage['slowest_rank']}, {stage['skew']:.2f}x the median")
+    if merged["lora_statuses_agree"]:
+        lines.append("    LoRA statuses agree across ranks")
+    for d in merged["lora_disagreements"][:5]:
+        by_rank = ", ".join(f"rank {r}: {s}" for r, s in zip(merged["ranks"], d["statuses"]))
+        lines.append(f"    ranks disagree on {d['path']} ({by_rank})")
+    return "\n".join(lines)

@@ -8,10 +8,12 @@ LoRA weights, which are small). It imports neither the diagnosis nor the static 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .distributed import is_sharded, local, rank_info
 from .lora_params import lora_layers, lora_params
 
 
@@ -28,21 +30,26 @@ class StepFacts:
     update_ratio_B: float | None  # ||dB|| / ||B||, or against ||A|| x scale while B was still zero
 
 
-def _norm(t) -> float | None:
-    return None if t is None else float(torch.linalg.vector_norm(t.detach(), dtype=torch.float32))
+def _sumsq(t) -> float | None:
+    """This rank's part of a squared norm (a DTensor's shard: FSDP2), summed over the ranks later."""
+    return None if t is None else float(local(t.detach()).double().square().sum())
 
 
 class StepWatcher:
-    """Registers on ``optimizer``; ``facts()`` after the steps. ``remove()`` takes its hooks off."""
+    """Registers on ``optimizer``; ``facts()`` after the steps. ``remove()`` takes its hooks off.
+
+    Under FSDP2 the LoRA parameters and their gradients are shards: each hook keeps this rank's squared
+    sums, and the step hooks (which every rank runs, in the same order) sum them over the ranks at once."""
 
     def __init__(self, model, optimizer):
         self.optimizer = optimizer
         self.layers = [(path, adapter, a, b, layer) for path, layer in lora_layers(model)
                        for adapter, a, b in lora_params(layer)]
+        self.sharded = any(is_sharded(p) for _, _, a, b, _ in self.layers for p in (a, b))
         self.steps = 0
         self._before: dict = {}
         self._last: dict = {}
-        self._grad_norms: dict = {}  # id(param) -> norm tensor of its accumulated gradient (no sync here)
+        self._grad_sumsq: dict = {}  # id(param) -> this rank's squared norm of its accumulated gradient
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
         for _, _, a, b, _ in self.layers:
             for param in (a, b):
@@ -50,11 +57,26 @@ class StepWatcher:
                     self._handles.append(param.register_post_accumulate_grad_hook(self._grad))
 
     def _grad(self, param) -> None:
-        self._grad_norms[id(param)] = torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32)
+        # NB: a tensor, not a float: no device sync in the middle of backward
+        self._grad_sumsq[id(param)] = local(param.grad.detach()).double().square().sum()
 
-    def _grad_norm(self, param) -> float | None:
-        norm = self._grad_norms.get(id(param))
-        return float(norm) if norm is not None else _norm(param.grad)
+    def _grad_sumsqs(self) -> list:
+        """Per layer (A, B): squared gradient norms, kept by the hook or read from ``.grad`` now."""
+        def one(param):
+            kept = self._grad_sumsq.get(id(param))
+            return float(kept) if kept is not None else _sumsq(param.grad)
+        return [(one(a), one(b)) for _, _, a, b, _ in self.layers]
+
+    def _over_ranks(self, rows: list) -> list:
+        """Sum rows of squared norms over the ranks (one all-reduce) when the parameters are sharded;
+        square roots of the sums; None stays None."""
+        if self.sharded and rank_info() is not None:
+            import torch.distributed as dist
+            flat = torch.tensor([[-1.0 if v is None else v for v in row] for row in rows], dtype=torch.float64)
+            present = flat >= 0
+            dist.all_reduce(flat.clamp_(min=0), op=dist.ReduceOp.SUM)
+            rows = [[v if ok else None for v, ok in zip(r, p)] for r, p in zip(flat.tolist(), present.tolist())]
+        return [[None if v is None else math.sqrt(v) for v in row] for row in rows]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -66,20 +88,22 @@ class StepWatcher:
 
     def _pre(self, optimizer, args, kwargs) -> None:
         groups = self._groups()
+        grads = self._over_ranks(self._grad_sumsqs())
         self._before = {}
-        for path, adapter, a, b, layer in self.layers:
-            self._before[(path, adapter)] = (a.detach().clone(), b.detach().clone(), self._grad_norm(a),
-                                             self._grad_norm(b),
+        for (path, adapter, a, b, layer), (grad_a, grad_b) in zip(self.layers, grads):
+            self._before[(path, adapter)] = (a.detach().clone(), b.detach().clone(), grad_a, grad_b,
                                              id(a) in groups and id(b) in groups,
                                              groups.get(id(b), groups.get(id(a))), float(layer.scaling[adapter]))
 
     def _post(self, optimizer, args, kwargs) -> None:
         self.steps += 1
+        sums = []
         for path, adapter, a, b, _ in self.layers:
-            a_old, b_old, grad_a, grad_b, in_opt, lr, scale = self._before[(path, adapter)]
+            a_old, b_old = self._before[(path, adapter)][:2]
             a, b = a.detach(), b.detach()
-            da, db = _norm(a - a_old), _norm(b - b_old)
-            norm_a, norm_b = _norm(a_old), _norm(b_old)
+            sums.append((_sumsq(a - a_old), _sumsq(b - b_old), _sumsq(a_old), _sumsq(b_old)))
+        for (path, adapter, *_), (da, db, norm_a, norm_b) in zip(self.layers, self._over_ranks(sums)):
+            _, _, grad_a, grad_b, in_opt, lr, scale = self._before[(path, adapter)]
             ratio_a = da / norm_a if norm_a else None
             # a fresh lora_B is zero: measure its step against what it multiplies, ||A|| x scale
             ratio_b = db / norm_b if norm_b else (db / (norm_a * scale) if norm_a and scale else None)
@@ -87,12 +111,14 @@ class StepWatcher:
                                                     ratio_a, ratio_b)
 
     def facts(self) -> dict:
-        """(path, adapter) -> StepFacts; with no step seen, every layer's membership and lr as they stand."""
+        """(path, adapter) -> StepFacts; with no step seen, every layer's membership and lr as they stand (a
+        collective under FSDP2 then: the gradient norms are summed over the ranks)."""
         if self.steps:
             return dict(self._last)
         groups = self._groups()
+        grads = self._over_ranks(self._grad_sumsqs())
         out = {}
-        for path, adapter, a, b, _ in self.layers:
+        for (path, adapter, a, b, _), (grad_a, grad_b) in zip(self.layers, grads):
             out[(path, adapter)] = StepFacts(id(a) in groups and id(b) in groups, groups.get(id(b), groups.get(id(a))),
-                                             0, False, self._grad_norm(a), self._grad_norm(b), None, None)
+                                             0, False, grad_a, grad_b, None, None)
         return out
