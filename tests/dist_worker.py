@@ -65,6 +65,7 @@ def run(mode: str, out_dir: str) -> None:
         loss_of(traced, rows).backward()
     run_record = tracer.result()
     merged = tracer.merged(run_record)
+    tracer.write_chrome_traces(os.path.join(out_dir, f"{mode}-traces"))
     out = {"mode": mode, "rank": run_record["rank"], "world_size": run_record["world_size"],
            "backend": run_record["backend"], "hooks_left": _hooks(traced) - hooks_before - (rank == 1),
            "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}

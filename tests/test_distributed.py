@@ -23,6 +23,8 @@ def ranks(tmp_path_factory, root):
     assert done.returncode == 0, done.stderr[-3000:]
     outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
                for mode in ("ddp", "fsdp", "fsdp_step", "trainer")}
+    outputs["chrome"] = {mode: {p.name: json.loads(p.read_text()) for p in (out / f"{mode}-traces").iterdir()}
+                         for mode in ("ddp", "fsdp")}
     outputs["trainer_traces"] = sorted(p.name for p in (out / "trainer-traces").iterdir())
     outputs["trainer_report"] = json.loads((out / "trainer-traces" / "trace-step1.json").read_text())
     return outputs
@@ -85,6 +87,26 @@ def test_fsdp_gathered_weights_are_not_counted_as_saved_activations(ranks):
     assert fsdp.keys() <= ddp.keys()
     assert {p: (ddp[p], b) for p, b in fsdp.items() if b > ddp[p]} == {}
     assert sum(fsdp.values()) >= 0.9 * sum(ddp.values())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_rank_writes_a_chrome_trace_of_the_job(ranks, mode):
+    """One file per rank with distributedInfo (what Holistic Trace Analysis reads to load a directory as a
+    job), times on the wall clock so the ranks line up, and on rank 0 the job in one file for Perfetto."""
+    files = ranks["chrome"][mode]
+    assert sorted(files) == ["job.json", "rank0.json", "rank1.json"]
+    for rank in (0, 1):
+        trace = files[f"rank{rank}.json"]
+        assert trace["distributedInfo"] == {"rank": rank, "world_size": 2, "backend": "gloo"}
+        assert {e["pid"] for e in trace["traceEvents"]} == {rank}
+    starts = [min(e["ts"] for e in files[f"rank{r}.json"]["traceEvents"] if e["ph"] == "X") for r in (0, 1)]
+    assert abs(starts[0] - starts[1]) < 5e6  # µs since the epoch on both: within seconds, not decades
+    job = files["job.json"]["traceEvents"]
+    assert {e["pid"] for e in job} == {0, 1}
+    slowed = dist_worker.SLOWED.rpartition(".")[0].rpartition(".")[2]  # short label: the layer index
+    durations = {e["pid"]: e["dur"] for e in job if e["ph"] == "X" and e["cat"] == "forward"
+                 and e["name"].endswith(f"layers.{slowed}.mlp")}
+    assert durations[1] >= dist_worker.SLEEP_S * 1e6 > durations[0]
 
 
 @pytest.fixture(scope="module")

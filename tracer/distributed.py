@@ -67,17 +67,25 @@ def tensor_facts(triples: list) -> list:
     return out
 
 
+def gather_to_zero(obj) -> list | None:
+    """Every rank's ``obj`` in rank order on rank 0 (a collective); None on the others; ``[obj]`` alone."""
+    info = rank_info()
+    if info is None:
+        return [obj]
+    import torch.distributed as dist
+    gathered = [None] * info["world_size"] if info["rank"] == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def merge(run: dict, component_of: dict) -> dict | None:
     """Every rank's run record (``Tracer.result()``) on rank 0, merged: a collective (every rank calls it);
     None on the other ranks, and ``run`` as the only rank without a process group."""
-    import torch.distributed as dist
     info = rank_info()
-    summary = _summary(run, component_of, info)
-    if info is None:
-        return _merged([summary], {"rank": 0, "world_size": 1, "backend": None})
-    gathered = [None] * info["world_size"] if info["rank"] == 0 else None
-    dist.gather_object(summary, gathered, dst=0)
-    return _merged(gathered, info) if info["rank"] == 0 else None
+    gathered = gather_to_zero(_summary(run, component_of, info))
+    if gathered is None:
+        return None
+    return _merged(gathered, info or {"rank": 0, "world_size": 1, "backend": None})
 
 
 def _summary(run: dict, component_of: dict, info: dict | None) -> dict:

@@ -42,25 +42,40 @@ def chrome_trace(runs: dict) -> dict:
     event per module call, nested by time (Perfetto and chrome://tracing open it)."""
     events = []
     for pid, (name, run) in enumerate(runs.items(), start=1):
-        if not run.ok or run.calls is None:
-            continue
-        events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}})
-        for tid, track in ((1, "forward"), (2, "backward"), (3, "recompute (checkpointing)")):
-            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": track}})
-        for call in run.calls:
-            args = {"inputs": [str(m) for m in call.inputs], "outputs": [str(m) for m in call.outputs],
-                    "output_bytes": call.output_bytes, "saved_bytes": call.saved_bytes,
-                    "grad_enabled": call.grad_enabled, "memory_delta_bytes": call.memory_delta_bytes,
-                    "peak_bytes": call.peak_bytes}
-            label = short(call.path) or "(root)"
-            events.append({"name": label, "cat": "recompute" if call.recompute else "forward", "ph": "X",
-                           "ts": call.start_ns / 1e3, "dur": (call.end_ns - call.start_ns) / 1e3,
-                           "pid": pid, "tid": 3 if call.recompute else 1, "args": args})
-            start, end = call.backward_start_ns, call.backward_end_ns
-            if start is not None and end is not None and end >= start:
-                events.append({"name": label, "cat": "backward", "ph": "X", "ts": start / 1e3,
-                               "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
+        if run.ok and run.calls is not None:
+            events += call_events(run.calls, pid, name)
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
+
+
+def call_events(calls, pid: int, name: str, offset_ns: int = 0) -> list:
+    """One process ``pid`` named ``name``: its tracks, and an event per forward call and backward window
+    (times in µs, shifted by ``offset_ns``)."""
+    events = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}]
+    for tid, track in ((1, "forward"), (2, "backward"), (3, "recompute (checkpointing)")):
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": track}})
+    for call in calls:
+        args = {"inputs": [str(m) for m in call.inputs], "outputs": [str(m) for m in call.outputs],
+                "output_bytes": call.output_bytes, "saved_bytes": call.saved_bytes,
+                "grad_enabled": call.grad_enabled, "memory_delta_bytes": call.memory_delta_bytes,
+                "peak_bytes": call.peak_bytes}
+        label = short(call.path) or "(root)"
+        events.append({"name": label, "cat": "recompute" if call.recompute else "forward", "ph": "X",
+                       "ts": (offset_ns + call.start_ns) / 1e3, "dur": (call.end_ns - call.start_ns) / 1e3,
+                       "pid": pid, "tid": 3 if call.recompute else 1, "args": args})
+        start, end = call.backward_start_ns, call.backward_end_ns
+        if start is not None and end is not None and end >= start:
+            events.append({"name": label, "cat": "backward", "ph": "X", "ts": (offset_ns + start) / 1e3,
+                           "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
+    return events
+
+
+def rank_trace(calls, info: dict, origin_unix_ns: int) -> dict:
+    """One rank's Chrome trace as Holistic Trace Analysis reads a job: ``distributedInfo`` (rank, world
+    size, backend) at the top, and times on the wall clock, so the ranks' files line up; its process is
+    the rank (pid = rank), as in a merged job view in Perfetto."""
+    events = call_events(calls, info["rank"], f"rank {info['rank']}", origin_unix_ns)
+    return {"traceEvents": events, "displayTimeUnit": "ms", "distributedInfo": dict(info),
+            "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
 
 
 PLOT_SIZE = (10, 14)  # inches; at PLOT_DPI that is 1000 x 1400 pixels

@@ -146,6 +146,7 @@ class Tracer:
             self._remove()
             raise
         self._origin = self._now()
+        self._origin_unix_ns = time.time_ns()  # where the ranks' clocks meet in their Chrome traces
         self._active = True
         return self
 
@@ -333,6 +334,31 @@ class Tracer:
         rank's ``result()`` when already taken (it reads ``.grad``)."""
         from .distributed import merge
         return merge(run if run is not None else self.result(), self._components())
+
+    def write_chrome_traces(self, directory) -> list:
+        """Chrome traces of the traced region, for a job: each rank writes ``DIR/rank{R}.json`` (with
+        ``distributedInfo``, times on the wall clock: Holistic Trace Analysis loads the directory as one job)
+        and rank 0 also ``DIR/job.json``, every rank a process in one file (Perfetto opens one file). A
+        collective under a process group. Returns the paths this rank wrote."""
+        import json
+        from pathlib import Path
+
+        from .distributed import gather_to_zero, rank_info
+        from .exporters import rank_trace, write_atomic
+        info = rank_info() or {"rank": 0, "world_size": 1, "backend": None}
+        trace = rank_trace(self.calls(), info, self._origin_unix_ns)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = [directory / f"rank{info['rank']}.json"]
+        write_atomic(str(written[0]), lambda tmp: Path(tmp).write_text(json.dumps(trace)))
+        everyone = gather_to_zero(trace["traceEvents"])
+        if everyone is not None:
+            job = {**trace, "traceEvents": [e for events in everyone for e in events]}
+            job.pop("distributedInfo")  # the job, not one rank
+            job["otherData"] = {**job["otherData"], "world_size": info["world_size"], "backend": info["backend"]}
+            written.append(directory / "job.json")
+            write_atomic(str(written[1]), lambda tmp: Path(tmp).write_text(json.dumps(job)))
+        return [str(p) for p in written]
 
     def _components(self) -> dict:
         if self.component_of is None:
