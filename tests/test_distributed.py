@@ -23,8 +23,8 @@ def ranks(tmp_path_factory, root):
     assert done.returncode == 0, done.stderr[-3000:]
     outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
                for mode in ("ddp", "fsdp", "fsdp_step", "trainer")}
-    outputs["chrome"] = {mode: {p.name: json.loads(p.read_text()) for p in (out / f"{mode}-traces").iterdir()}
-                         for mode in ("ddp", "fsdp")}
+    outputs["chrome"] = {mode: {str(p.relative_to(out / f"{mode}-traces")): json.loads(p.read_text())
+                                for p in (out / f"{mode}-traces").rglob("*.json")} for mode in ("ddp", "fsdp")}
     outputs["trainer_traces"] = sorted(p.name for p in (out / "trainer-traces").iterdir())
     outputs["trainer_report"] = json.loads((out / "trainer-traces" / "trace-step1.json").read_text())
     return outputs
@@ -94,14 +94,14 @@ def test_each_rank_writes_a_chrome_trace_of_the_job(ranks, mode):
     """One file per rank with distributedInfo (what Holistic Trace Analysis reads to load a directory as a
     job), times on the wall clock so the ranks line up, and on rank 0 the job in one file for Perfetto."""
     files = ranks["chrome"][mode]
-    assert sorted(files) == ["job.json", "rank0.json", "rank1.json"]
+    assert sorted(files) == ["perfetto/job.json", "rank0.json", "rank1.json"]
     for rank in (0, 1):
         trace = files[f"rank{rank}.json"]
         assert trace["distributedInfo"] == {"rank": rank, "world_size": 2, "backend": "gloo"}
         assert {e["pid"] for e in trace["traceEvents"]} == {rank}
     starts = [min(e["ts"] for e in files[f"rank{r}.json"]["traceEvents"] if e["ph"] == "X") for r in (0, 1)]
     assert abs(starts[0] - starts[1]) < 5e6  # µs since the epoch on both: within seconds, not decades
-    job = files["job.json"]["traceEvents"]
+    job = files["perfetto/job.json"]["traceEvents"]
     assert {e["pid"] for e in job} == {0, 1}
     slowed = dist_worker.SLOWED.rpartition(".")[0].rpartition(".")[2]  # short label: the layer index
     durations = {e["pid"]: e["dur"] for e in job if e["ph"] == "X" and e["cat"] == "forward"
@@ -152,3 +152,53 @@ def test_without_a_process_group_the_merged_view_is_this_process_alone():
     merged = tracer.merged(run)
     assert merged["world_size"] == 1 and merged["ranks"] == [0] and merged["lora_statuses_agree"]
     assert {m["slowest_rank"] for m in merged["modules"]} == {0}
+
+
+@pytest.fixture(scope="module")
+def cli_under_torchrun(tmp_path_factory, root):
+    out = tmp_path_factory.mktemp("cli")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(root, "bin", "trace"), os.path.join(root, "samples", "sample.wav"),
+                           "--repeats", "1", "--warmup", "0", "--json", str(out / "r.json"),
+                           "--chrome-trace", str(out / "traces")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads((out / "r.json").read_text()), out / "traces"
+
+
+def test_bin_trace_under_torchrun_prints_one_report_with_the_ranks_merged(cli_under_torchrun):
+    stdout, data, _ = cli_under_torchrun
+    assert stdout.count("[STEP 1]") == 1 and stdout.count("[RANKS] 2 ranks (gloo, DDP), merged on rank 0") == 1
+    dist_info = data["distributed"]
+    assert (dist_info["rank"], dist_info["world_size"], dist_info["parallel"]) == (0, 2, "ddp")
+    for name in ("audio_tower", "full_forward"):
+        merged = dist_info["strategies"][name]
+        assert merged["ranks"] == [0, 1] and merged["lora_statuses_agree"]
+        assert {m["path"] for m in merged["modules"]} == {m["path"] for m in data["runs"][name]["modules"]
+                                                          if m["executed"]}
+
+
+def test_ddp_gradients_are_the_single_process_ones(cli_under_torchrun, tmp_path, root):
+    """Every rank traces the same clip, so DDP's averaged gradient is one process's: the same LoRA norms."""
+    from tracer.cli import main
+    _, data, _ = cli_under_torchrun
+    assert main([f"{root}/samples/sample.wav", "--repeats", "1", "--warmup", "0", "--quiet",
+                 "--json", str(tmp_path / "one.json")]) == 0
+    alone = json.loads((tmp_path / "one.json").read_text())
+    for name in ("audio_tower", "full_forward"):
+        ours = {(r["path"], r["adapter"]): r["grad_norm_B"] for r in data["runs"][name]["lora"]}
+        theirs = {(r["path"], r["adapter"]): r["grad_norm_B"] for r in alone["runs"][name]["lora"]}
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-9), (name, key)
+
+
+def test_bin_trace_under_torchrun_writes_a_trace_per_rank(cli_under_torchrun):
+    _, _, traces = cli_under_torchrun
+    assert sorted(str(p.relative_to(traces)) for p in traces.rglob("*.json")) == \
+        ["perfetto/job.json", "rank0.json", "rank1.json"]
+    for rank in (0, 1):
+        trace = json.loads((traces / f"rank{rank}.json").read_text())
+        assert trace["distributedInfo"] == {"rank": rank, "world_size": 2, "backend": "gloo"}
+        names = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+        assert {"audio_tower forward", "full_forward backward"} <= names

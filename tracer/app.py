@@ -78,22 +78,67 @@ class TextReport:
             if report.lora_diagnosis is not None:
                 out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis))
             out.emit(render_confirmation(report.verdicts, runs=report.runs))
+            if report.distributed and report.distributed.get("strategies"):
+                from .report_runtime import render_ranks
+                out.emit(render_ranks(report.distributed))
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def run_job(args) -> int:
+    if launched_by_torchrun():
+        return _run_distributed(args)
+    return _run(args)
+
+
+def _run(args, rank: int = 0) -> int:
     from .pipeline import trace_clip
-    out = Output(args.quiet, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-    report = trace_clip(args.clip, args.model, config=args.config, options=options_from_args(args),
+    quiet = args.quiet or rank != 0  # one report, from rank 0
+    out = Output(quiet, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    options = options_from_args(args)
+    if rank != 0:
+        from dataclasses import replace
+        options = replace(options, progress=False)
+    report = trace_clip(args.clip, args.model, config=args.config, options=options,
                         observer=TextReport(out, args))
-    _write_outputs(args, report, out)
+    _write_outputs(args, report, out, rank)
     return EXIT_STRATEGY_FAILED if report.failed else EXIT_OK
 
 
-def _write_outputs(args, report, out: Output) -> None:
-    from .exporters import chrome_trace, plot, write_atomic
+def _run_distributed(args) -> int:
+    """Under torchrun: one process group for the job (torch.distributed's own, NCCL on GPUs, gloo on CPU);
+    each rank traces the clip with what the strategies run wrapped in DDP, and rank 0 reports the ranks
+    merged. Each rank works on its own GPU (LOCAL_RANK)."""
+    import torch
+    import torch.distributed as dist
+    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        return _run(args, dist.get_rank())
+    finally:
+        dist.destroy_process_group()
+
+
+def _write_outputs(args, report, out: Output, rank: int = 0) -> None:
+    from .exporters import chrome_trace, plot, write_atomic, write_job_traces
     from .sections import markdown
+    if args.chrome_trace and report.runs and report.distributed is not None:
+        # a directory of per-rank traces (a collective: every rank writes its own)
+        runs = {name: run for name, run in report.runs.items() if run.ok and run.calls is not None}
+        written = write_job_traces(args.chrome_trace, {n: r.calls for n, r in runs.items()},
+                                   {n: r.origin_unix_ns for n, r in runs.items()})
+        if rank == 0:
+            out.wrote(f"{args.chrome_trace}/rank*.json and {written[-1]}")
+    if rank != 0:
+        return  # the other files: one each, from rank 0
     payload = report.to_dict()
-    if args.chrome_trace and report.runs:
+    if args.chrome_trace and report.runs and report.distributed is None:
         trace = chrome_trace(report.runs)
         write_atomic(args.chrome_trace, lambda tmp: _dump(tmp, trace))
         out.wrote(args.chrome_trace)

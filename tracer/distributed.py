@@ -108,13 +108,14 @@ def _summary(run: dict, component_of: dict, info: dict | None) -> dict:
 
 
 def _skew(values: list) -> tuple:
-    """(slowest over the median, the slowest rank) of per-rank times; None where a rank has none."""
+    """(slowest over the median, the slowest rank, ms the slowest spends beyond the median) of per-rank
+    times; None where no rank has one."""
     known = [(v, rank) for rank, v in enumerate(values) if v is not None]
     if not known:
-        return None, None
+        return None, None, None
     slowest, rank = max(known)
     median = statistics.median(v for v, _ in known)
-    return (slowest / median if median > 0 else None), rank
+    return (slowest / median if median > 0 else None), rank, slowest - median
 
 
 def _merged(summaries: list, info: dict) -> dict:
@@ -124,16 +125,19 @@ def _merged(summaries: list, info: dict) -> dict:
     for path in paths:
         per_rank = [s["modules"].get(path, (None, None, None)) for s in summaries]
         forward, backward = [r[0] for r in per_rank], [r[1] for r in per_rank]
-        skew, slowest = _skew([(f or 0.0) + (b or 0.0) if f is not None else None for f, b in zip(forward, backward)])
+        skew, slowest, excess = _skew([(f or 0.0) + (b or 0.0) if f is not None else None
+                                       for f, b in zip(forward, backward)])
         modules.append({"path": path, "forward_ms": forward, "backward_ms": backward,
-                        "peak_bytes": [r[2] for r in per_rank], "skew": skew, "slowest_rank": slowest})
+                        "peak_bytes": [r[2] for r in per_rank], "skew": skew, "slowest_rank": slowest,
+                        "excess_ms": excess})
     stages = {}
     for name in dict.fromkeys(n for s in summaries for n in s["stages"]):
         forward = [s["stages"].get(name, {}).get("forward_ms") for s in summaries]
         backward = [s["stages"].get(name, {}).get("backward_ms") for s in summaries]
         totals = [None if f is None else f + (b or 0.0) for f, b in zip(forward, backward)]
-        skew, slowest = _skew(totals)
-        stages[name] = {"forward_ms": forward, "backward_ms": backward, "skew": skew, "slowest_rank": slowest}
+        skew, slowest, excess = _skew(totals)
+        stages[name] = {"forward_ms": forward, "backward_ms": backward, "skew": skew, "slowest_rank": slowest,
+                        "excess_ms": excess}
     disagreements = []
     for key in dict.fromkeys(k for s in summaries for k in s["lora"]):
         statuses = [s["lora"].get(key) for s in summaries]

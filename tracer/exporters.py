@@ -47,12 +47,13 @@ def chrome_trace(runs: dict) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
 
 
-def call_events(calls, pid: int, name: str, offset_ns: int = 0) -> list:
-    """One process ``pid`` named ``name``: its tracks, and an event per forward call and backward window
-    (times in µs, shifted by ``offset_ns``)."""
-    events = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}]
-    for tid, track in ((1, "forward"), (2, "backward"), (3, "recompute (checkpointing)")):
-        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": track}})
+def call_events(calls, pid: int, name: str, offset_ns: int = 0, first_tid: int = 1, prefix: str = "") -> list:
+    """Process ``pid`` (named ``name``; None: named elsewhere) with three tracks from ``first_tid``, and an
+    event per forward call and backward window (times in µs, shifted by ``offset_ns``)."""
+    events = [] if name is None else [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}]
+    forward, backward, recompute = first_tid, first_tid + 1, first_tid + 2
+    for tid, track in ((forward, "forward"), (backward, "backward"), (recompute, "recompute (checkpointing)")):
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": prefix + track}})
     for call in calls:
         args = {"inputs": [str(m) for m in call.inputs], "outputs": [str(m) for m in call.outputs],
                 "output_bytes": call.output_bytes, "saved_bytes": call.saved_bytes,
@@ -61,21 +62,49 @@ def call_events(calls, pid: int, name: str, offset_ns: int = 0) -> list:
         label = short(call.path) or "(root)"
         events.append({"name": label, "cat": "recompute" if call.recompute else "forward", "ph": "X",
                        "ts": (offset_ns + call.start_ns) / 1e3, "dur": (call.end_ns - call.start_ns) / 1e3,
-                       "pid": pid, "tid": 3 if call.recompute else 1, "args": args})
+                       "pid": pid, "tid": recompute if call.recompute else forward, "args": args})
         start, end = call.backward_start_ns, call.backward_end_ns
         if start is not None and end is not None and end >= start:
             events.append({"name": label, "cat": "backward", "ph": "X", "ts": (offset_ns + start) / 1e3,
-                           "dur": (end - start) / 1e3, "pid": pid, "tid": 2, "args": {}})
+                           "dur": (end - start) / 1e3, "pid": pid, "tid": backward, "args": {}})
     return events
 
 
-def rank_trace(calls, info: dict, origin_unix_ns: int) -> dict:
+def rank_trace(calls_by_name: dict, info: dict, origins: dict) -> dict:
     """One rank's Chrome trace as Holistic Trace Analysis reads a job: ``distributedInfo`` (rank, world
-    size, backend) at the top, and times on the wall clock, so the ranks' files line up; its process is
-    the rank (pid = rank), as in a merged job view in Perfetto."""
-    events = call_events(calls, info["rank"], f"rank {info['rank']}", origin_unix_ns)
+    size, backend) at the top, times on the wall clock (each traced pass from its ``origins`` entry) so the
+    ranks' files line up; the rank is the process (pid), each traced pass three tracks of it."""
+    rank = info["rank"]
+    events = [{"ph": "M", "name": "process_name", "pid": rank, "args": {"name": f"rank {rank}"}}]
+    for index, (name, calls) in enumerate(calls_by_name.items()):
+        prefix = f"{name} " if len(calls_by_name) > 1 else ""
+        events += call_events(calls, rank, None, origins[name], first_tid=1 + 3 * index, prefix=prefix)
     return {"traceEvents": events, "displayTimeUnit": "ms", "distributedInfo": dict(info),
             "otherData": {"tool": "tracer", "schema_version": SCHEMA_VERSION}}
+
+
+def write_job_traces(directory, calls_by_name: dict, origins: dict) -> list:
+    """Each rank: ``DIR/rank{R}.json`` (rank_trace); rank 0 also ``DIR/perfetto/job.json``, every rank's
+    events in one file (a subdirectory: HTA reads every JSON file of DIR as a rank's). A collective under
+    a process group. Returns the paths this rank wrote."""
+    import json
+    from pathlib import Path
+
+    from .distributed import gather_to_zero, rank_info
+    info = rank_info() or {"rank": 0, "world_size": 1, "backend": None}
+    trace = rank_trace(calls_by_name, info, origins)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [directory / f"rank{info['rank']}.json"]
+    write_atomic(str(written[0]), lambda tmp: Path(tmp).write_text(json.dumps(trace)))
+    everyone = gather_to_zero(trace["traceEvents"])
+    if everyone is not None:
+        job = {"traceEvents": [e for events in everyone for e in events], "displayTimeUnit": "ms",
+               "otherData": {**trace["otherData"], "world_size": info["world_size"], "backend": info["backend"]}}
+        (directory / "perfetto").mkdir(exist_ok=True)
+        written.append(directory / "perfetto" / "job.json")
+        write_atomic(str(written[1]), lambda tmp: Path(tmp).write_text(json.dumps(job)))
+    return [str(p) for p in written]
 
 
 PLOT_SIZE = (10, 14)  # inches; at PLOT_DPI that is 1000 x 1400 pixels

@@ -300,7 +300,7 @@ class Tracer:
                          param_times=[(idx, ns(t)) for idx, t in self._param_times],
                          clock="cuda events" if self._cuda else "perf_counter_ns", failed_in=self.failed_in,
                          steps=self._watcher.facts() if self._watcher is not None else None,
-                         labels_all_masked=self.labels_all_masked)
+                         labels_all_masked=self.labels_all_masked, origin_unix_ns=self._origin_unix_ns)
 
     # -- conveniences: the roll-ups of rollup.py on what this tracer collected ----------------------------
     def calls(self) -> list[CallRecord]:
@@ -338,27 +338,10 @@ class Tracer:
     def write_chrome_traces(self, directory) -> list:
         """Chrome traces of the traced region, for a job: each rank writes ``DIR/rank{R}.json`` (with
         ``distributedInfo``, times on the wall clock: Holistic Trace Analysis loads the directory as one job)
-        and rank 0 also ``DIR/job.json``, every rank a process in one file (Perfetto opens one file). A
-        collective under a process group. Returns the paths this rank wrote."""
-        import json
-        from pathlib import Path
-
-        from .distributed import gather_to_zero, rank_info
-        from .exporters import rank_trace, write_atomic
-        info = rank_info() or {"rank": 0, "world_size": 1, "backend": None}
-        trace = rank_trace(self.calls(), info, self._origin_unix_ns)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        written = [directory / f"rank{info['rank']}.json"]
-        write_atomic(str(written[0]), lambda tmp: Path(tmp).write_text(json.dumps(trace)))
-        everyone = gather_to_zero(trace["traceEvents"])
-        if everyone is not None:
-            job = {**trace, "traceEvents": [e for events in everyone for e in events]}
-            job.pop("distributedInfo")  # the job, not one rank
-            job["otherData"] = {**job["otherData"], "world_size": info["world_size"], "backend": info["backend"]}
-            written.append(directory / "job.json")
-            write_atomic(str(written[1]), lambda tmp: Path(tmp).write_text(json.dumps(job)))
-        return [str(p) for p in written]
+        and rank 0 also ``DIR/perfetto/job.json``, every rank a process in one file (Perfetto opens one
+        file). A collective under a process group. Returns the paths this rank wrote."""
+        from .exporters import write_job_traces
+        return write_job_traces(directory, {"trace": self.calls()}, {"trace": self._origin_unix_ns})
 
     def _components(self) -> dict:
         if self.component_of is None:
@@ -380,6 +363,7 @@ class Collected:
     failed_in: str | None
     steps: dict | None = None  # (LoRA path, adapter) -> steps.StepFacts, with an optimizer
     labels_all_masked: bool = False  # the root call's labels were all -100
+    origin_unix_ns: int = 0  # the wall clock when the tracer was entered (times are ns since then)
 
 
 def _unpack(tensor):

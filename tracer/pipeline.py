@@ -47,6 +47,7 @@ class TraceOptions:
     steps: int = 1  # real AdamW steps of the LoRA parameters per strategy, each traced (0: no step)
     lr: float = 1e-3
     progress: bool = False  # tqdm bars on stderr during the timed passes
+    parallel: str | None = None  # under an initialised process group: "ddp" (the default there)
 
     def validate(self) -> None:
         """Cheap checks, before any heavy import: TracerError with the flag's name, as the CLI shows it."""
@@ -92,6 +93,8 @@ class TraceReport:
     verdicts: tuple = ()  # confirmation.Verdict, refuted first
     lora_diagnosis: Any = None  # records.LoraDiagnosis
     clip_error: str | None = None  # with static_only: why the clip's inputs could not be prepared
+    distributed: dict | None = None  # under torchrun: rank, world size, backend, and on rank 0 each
+    #   strategy's ranks merged (Tracer.merged(): per module and stage the slowest rank and the skew)
 
     @property
     def failed(self) -> bool:
@@ -107,6 +110,8 @@ class TraceReport:
             payload["clip"] = self.clip_record().to_dict()
         if self.clip_error is not None:
             payload["clip_error"] = self.clip_error
+        if self.distributed is not None:
+            payload["distributed"] = self.distributed
         if self.notes:  # what the tool decided for the user (a substitute processor, a device fallback)
             payload["notes"] = list(self.notes)
         if self.comparison is not None:
@@ -290,13 +295,22 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
         observe("lora", trace.freeze(), None)
     trace.model, trace.run_static = model, run_report
+    from .distributed import rank_info
+    info = rank_info()
+    parallel = (options.parallel or "ddp") if info is not None and info["world_size"] > 1 else None
     run_options = RunOptions(repeats=options.repeats, warmup=options.warmup, loss=options.loss,
                              progress=options.progress, keep_calls=options.keep_calls, steps=options.steps,
-                             lr=options.lr)
+                             lr=options.lr, parallel=parallel)
     names = STRATEGIES if options.strategy == "both" else (options.strategy,)
     for name in names:
         trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))
         observe("run", trace.freeze(), name)
+    if parallel is not None:
+        from .distributed import merge
+        merged = {name: merge(run.to_dict(), run_report.component_of) for name, run in trace.runs.items()
+                  if run.ok}  # NB: a collective per strategy, in the same order on every rank
+        trace.distributed = {**info, "parallel": parallel,
+                             **({"strategies": merged} if info["rank"] == 0 else {})}
     trace.comparison = compare(trace.runs, run_report)
     trace.verdicts = confirm(run_report, trace.runs, trace.freeze().clip_record(),
                              {row.path for row in run_report.tree})

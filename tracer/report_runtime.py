@@ -169,3 +169,32 @@ def render_confirmation(verdicts: list, runs: dict | None = None) -> Section:
     out += [f"  ! {v.claim} ({v.strategy}): {v.todo}" for v in verdicts if v.verdict == "refuted" and v.todo]
     return Section("CONFIRMATION", "the static report checked against what ran (refuted claims first)",
                    "\n".join(out))
+
+
+def render_ranks(distributed: dict, top: int = 5) -> Section:
+    """Each strategy's ranks merged: per stage every rank's forward + backward ms, the slowest rank and its
+    skew (slowest over the median); the most skewed modules; whether the LoRA statuses agree."""
+    world = distributed["world_size"]
+    blocks = []
+    for name, merged in distributed["strategies"].items():
+        rows = []
+        for stage, s in merged["stages"].items():
+            totals = [None if f is None else f + (b or 0.0) for f, b in zip(s["forward_ms"], s["backward_ms"])]
+            rows.append([stage, *("-" if t is None else f"{t:.2f}" for t in totals),
+                         "-" if s["slowest_rank"] is None else s["slowest_rank"],
+                         "-" if s["skew"] is None else f"{s['skew']:.2f}×"])
+        table = tabulate(rows, headers=["stage", *(f"rank {r} ms" for r in merged["ranks"]), "slowest", "skew"],
+                         tablefmt="simple", disable_numparse=True)
+        # NB: ranked by the time the slowest rank loses, not the ratio: a tiny module's ratio is noise
+        skewed = sorted((m for m in merged["modules"] if m["excess_ms"]), key=lambda m: -m["excess_ms"])[:top]
+        lines = [f"{name}: forward + backward per rank", table, "  most time lost to the slowest rank: " + ", ".join(
+            f"{short(m['path'])} (rank {m['slowest_rank']} +{m['excess_ms']:.2f} ms, {m['skew']:.2f}×)"
+            for m in skewed)]
+        if merged["lora_statuses_agree"]:
+            lines.append("  LoRA statuses agree across ranks")
+        for d in merged["lora_disagreements"][:top]:
+            by_rank = ", ".join(f"rank {r}: {st}" for r, st in zip(merged["ranks"], d["statuses"]))
+            lines.append(f"  ! ranks disagree on {short(d['path'])} ({by_rank})")
+        blocks.append("\n".join(lines))
+    title = f"{world} ranks ({distributed['backend']}, {distributed['parallel'].upper()}), merged on rank 0"
+    return Section("RANKS", title, "\n\n".join(blocks))

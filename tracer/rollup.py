@@ -147,6 +147,7 @@ class RunFacts:
     lora: tuple | None = None  # LoraLayerRecord
     lora_summary: dict | None = None
     saved_modules: tuple | None = None  # PEFT modules_to_save copies (diagnosis.saved_modules)
+    origin_unix_ns: int = 0  # wall clock at the traced pass's start (lines ranks up in Chrome traces)
 
     def to_dict(self) -> dict:
         run = {"modules": [m.to_dict() for m in self.modules], "never_called": list(self.never_called),
@@ -173,7 +174,8 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
                      never_called=tuple(r.path for r in records if not r.executed),
                      total_forward_ms=sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
                      total_backward_ms=(max(ends) - min(starts)) / 1e6 if starts and ends else None,
-                     clock=collected.clock, failed_in=collected.failed_in)
+                     clock=collected.clock, failed_in=collected.failed_in,
+                     origin_unix_ns=collected.origin_unix_ns)
     if model is not None:
         from .diagnosis import diagnose, lora_layers, saved_modules, summarize
         saved = saved_modules(model, records)

@@ -31,6 +31,7 @@ class RunOptions:
     keep_calls: bool = False  # per-call records, for the Chrome trace
     steps: int = 0  # real AdamW steps on the LoRA parameters, each traced (0: one traced pass, no step)
     lr: float = 1e-3
+    parallel: str | None = None  # under torchrun: "ddp" wraps what each strategy runs in DistributedDataParallel
 
 
 def tower_loss(hidden: torch.Tensor, valid_tokens: int | None, loss: str) -> torch.Tensor:
@@ -54,12 +55,23 @@ def _move(batch: dict, device) -> dict:
 def make_step(name: str, model, report: StaticReport, inputs, options: RunOptions, device):
     """A callable returning the loss for one pass of the strategy (forward only; the caller runs backward)."""
     if name == "audio_tower":
-        encoder = dict(model.named_modules())[report.audio_encoder.path]
+        encoder = _runner(dict(model.named_modules())[report.audio_encoder.path], options)
         batch = _move(inputs.tower, device)
         frames = inputs.tower_frames if inputs.tower_frames is not None else inputs.accounting.audio_tokens
         return lambda: tower_loss(encoder_hidden(encoder(**batch)), frames, options.loss)
     batch = _move(inputs.full, device)
-    return lambda: model(**batch).loss
+    runner = _runner(model, options)
+    return lambda: runner(**batch).loss
+
+
+def _runner(module, options: RunOptions):
+    """What a strategy calls: the module, or under DDP the module wrapped, so every backward all-reduces the
+    gradients as in the user's job (the Tracer's hooks sit on the modules inside). Unused parameters are
+    expected: a LoRA layer outside what the strategy runs gets no gradient."""
+    if options.parallel != "ddp" or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(module, find_unused_parameters=True)
 
 
 def _sync(device) -> None:
@@ -123,7 +135,8 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         stages=stages, modules=modules, never_called=facts.never_called,
         total_forward_ms=facts.total_forward_ms, total_backward_ms=facts.total_backward_ms, clock=facts.clock,
         failed_in=facts.failed_in, lora=facts.lora, lora_summary=facts.lora_summary,
-        lora_trajectory=trajectory, saved_modules=facts.saved_modules, calls=calls if options.keep_calls else None)
+        lora_trajectory=trajectory, saved_modules=facts.saved_modules, calls=calls if options.keep_calls else None,
+        origin_unix_ns=facts.origin_unix_ns)
 
 
 def _traced_steps(step, model, report, options: RunOptions, device):
