@@ -170,7 +170,7 @@ class RunRecord:
     lora_trajectory: dict | None = None  # "path|adapter" -> per step: grad norms A/B, update ratios A/B
     saved_modules: tuple | None = None  # PEFT modules_to_save copies: {"path", "adapter", "status", …}
     calls: tuple | None = None  # CallRecord, kept for the Chrome trace only (not in the JSON)
-    origin_unix_ns: int = 0  # wall clock at the traced pass's start: per-rank Chrome traces line up by it
+    origin_unix_ns: int = field(default=0, compare=False)  # wall clock at the traced pass's start (Chrome traces; not in the JSON)
 
     @property
     def ok(self) -> bool:
