@@ -36,7 +36,7 @@ def options_from_args(args):
         prompt=args.prompt, target=args.target, offset=args.offset, duration=args.duration, device=args.device,
         dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle, static_only=args.static_only, keep_calls=bool(args.chrome_trace),
-        progress=not args.quiet, steps=args.steps, lr=args.lr)
+        progress=not args.quiet, steps=args.steps, lr=args.lr, parallel="fsdp" if args.fsdp else None)
 
 
 class TextReport:

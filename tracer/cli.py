@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, "
                                                        "bfloat16, float16")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    model.add_argument("--fsdp", action="store_true",
+                       help="under torchrun: shard the model with FSDP2 (each encoder and LM layer, the encoder, "
+                            "the LM, the root) instead of DDP")
     model.add_argument("--device-map", metavar="auto|balanced|sequential",
                        help="with --model: let accelerate spread a model too large for one device over GPUs, "
                             "CPU and disk; it is still traced")
@@ -169,6 +172,8 @@ def _validate(args) -> None:
     from .app import options_from_args
     from .loading import check_output_path
     options_from_args(args).validate()
+    if args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise TracerError("--fsdp shards over the ranks of a job: run under torchrun --nproc_per_node N (N >= 2)")
     if args.top < 0:
         raise TracerError(f"--top {args.top}: must be 0 or more")
     if args.depth < 0:

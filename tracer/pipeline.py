@@ -283,21 +283,27 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
     from .confirmation import confirm
     from .diagnosis import dead_groups_of, trajectory_flags
     from .discovery import static_report
+    from .distributed import rank_info
     from .strategies import RunOptions, compare, run_strategies
     if loaded.on_meta:
         raise TracerError("a model on the meta device has no weights to run: add --static-only")
     report = trace.static
     model, run_report = loaded.model, report
+    info = rank_info()
+    parallel = (options.parallel or "ddp") if info is not None and info["world_size"] > 1 else None
     if options.lora:
         from .lora import attach_lora
         model, trace.lora_setup = attach_lora(model, report, targets=options.lora_targets, r=options.lora_r,
                                               config_file=options.lora_config, adapter_dir=options.adapter)
+        if parallel is not None:  # rank 0's adapter on every rank, as DDP would make it (FSDP2 shards it as is)
+            from .distributed import broadcast_trainable
+            broadcast_trainable(model)
         run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
         observe("lora", trace.freeze(), None)
+    if parallel == "fsdp":
+        from .distributed import shard
+        shard(model, run_report)
     trace.model, trace.run_static = model, run_report
-    from .distributed import rank_info
-    info = rank_info()
-    parallel = (options.parallel or "ddp") if info is not None and info["world_size"] > 1 else None
     run_options = RunOptions(repeats=options.repeats, warmup=options.warmup, loss=options.loss,
                              progress=options.progress, keep_calls=options.keep_calls, steps=options.steps,
                              lr=options.lr, parallel=parallel)

@@ -19,6 +19,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .distributed import is_sharded
+
 KINDS = ("activations", "gradients", "temporaries")
 
 
@@ -46,12 +48,14 @@ class TensorMemory(TorchDispatchMode):
         self._handles: list = []
 
     def __enter__(self):
+        from .distributed import local
         params = list(self.model.parameters()) if self.model is not None else []
         seen = set()
-        for p in params:  # the weights, once per storage (tied weights share one)
-            if p.device == self.device and p.untyped_storage()._cdata not in seen:
-                seen.add(p.untyped_storage()._cdata)
-                self.parameters += p.untyped_storage().nbytes()
+        for p in params:  # the weights, once per storage (tied weights share one); a shard under FSDP2
+            storage = local(p).untyped_storage()
+            if p.device == self.device and storage._cdata not in seen:
+                seen.add(storage._cdata)
+                self.parameters += storage.nbytes()
         self._handles = [p.register_post_accumulate_grad_hook(self._grad_arrived) for p in params if p.requires_grad]
         self._saved = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
         self._saved.__enter__()
@@ -95,12 +99,14 @@ class TensorMemory(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         inputs = None
         for item in tree_flatten(out)[0]:
-            if isinstance(item, torch.Tensor) and item.device == self.device:
+            # NB: a DTensor (FSDP2) has no storage of its own: its shard's ops come through here too
+            if isinstance(item, torch.Tensor) and item.device == self.device and not is_sharded(item):
                 storage = item.untyped_storage()
                 if storage._cdata not in self._live:
                     if inputs is None:  # NB: a view or in-place result of a tensor made before: not new
                         inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
-                                  if isinstance(t, torch.Tensor) and t.device == self.device}
+                                  if isinstance(t, torch.Tensor) and t.device == self.device
+                                  and not is_sharded(t)}
                     if storage._cdata in inputs:
                         continue
                 self._track(storage)
@@ -143,13 +149,14 @@ class TensorMemory(TorchDispatchMode):
             entry[4] = None
 
     def _pack(self, tensor):
-        if tensor.device == self.device:
+        if tensor.device == self.device and not is_sharded(tensor):
             self._retag(tensor.untyped_storage(), "activations")
         return tensor
 
     def _grad_arrived(self, param) -> None:
         if param.grad is not None and param.grad.device == self.device:
-            self._retag(param.grad.untyped_storage(), "gradients")
+            from .distributed import local
+            self._retag(local(param.grad).untyped_storage(), "gradients")
 
 
 def _unpack(tensor):
