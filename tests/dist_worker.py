@@ -126,7 +126,28 @@ def trainer(out_dir: str) -> None:
                    "traced_rank": callback.results.get(1, {}).get("rank")}, f)
 
 
-MODES = {"fsdp_step": fsdp_step, "trainer": trainer}
+def zero3(out_dir: str) -> None:
+    """DeepSpeed ZeRO-3 (CPU, gloo): parameters are empty outside their module's forward and gradients
+    partitioned; the norms come through DeepSpeed's own safe_get_full_grad."""
+    import deepspeed
+    rank, world = dist.get_rank(), dist.get_world_size()
+    deepspeed.init_distributed(dist_backend="gloo")  # the process group exists: DeepSpeed takes it
+    model = build_model()
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3},
+              "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}}}
+    engine, *_ = deepspeed.initialize(model=model, config=config,
+                                      model_parameters=[p for p in model.parameters() if p.requires_grad])
+    with Tracer(engine.module) as tracer:
+        engine.backward(loss_of(engine, global_batch().chunk(world)[rank]))
+    run_record = tracer.result()
+    out = {"rank": rank, "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}
+                                  for r in run_record["lora"]],
+           "empty_outside_forward": all(p.numel() == 0 for n, p in engine.module.named_parameters() if "lora_B" in n)}
+    with open(os.path.join(out_dir, f"zero3-{rank}.json"), "w") as f:
+        json.dump(out, f)
+
+
+MODES = {"fsdp_step": fsdp_step, "trainer": trainer, "zero3": zero3}
 
 
 def main() -> None:

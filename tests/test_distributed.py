@@ -1,4 +1,5 @@
 """The Tracer under torch.distributed: two real processes (torchrun, gloo, CPU), DDP and FSDP2."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,13 +12,17 @@ import torch
 from tracer.hooks import Tracer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 def torchrun(args: list, **kwargs):
     """``torchrun --standalone --nproc_per_node 2 ARGS``. Run again once if it fails: --standalone picks a
     free port and another process can take it first; the first failure stays visible as a warning."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # DeepSpeed's CPU backend compiles a small op once (~30 s): keep it where it outlives this session's
+    # cache directory (conftest points XDG_CACHE_HOME at a temporary one)
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": extensions}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, **kwargs)
     if done.returncode != 0:
         import warnings
@@ -31,9 +36,10 @@ def torchrun(args: list, **kwargs):
 def ranks(tmp_path_factory, root):
     """One torchrun of 2 processes doing both modes; {mode: [rank 0's output, rank 1's]}."""
     out = tmp_path_factory.mktemp("dist")
-    torchrun([os.path.join(root, "tests", "dist_worker.py"), str(out), "ddp", "fsdp", "fsdp_step", "trainer"])
+    torchrun([os.path.join(root, "tests", "dist_worker.py"), str(out), "ddp", "fsdp", "fsdp_step", "trainer",
+              *(["zero3"] if HAVE_DEEPSPEED else [])])
     outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
-               for mode in ("ddp", "fsdp", "fsdp_step", "trainer")}
+               for mode in ("ddp", "fsdp", "fsdp_step", "trainer", *(["zero3"] if HAVE_DEEPSPEED else []))}
     outputs["chrome"] = {mode: {str(p.relative_to(out / f"{mode}-traces")): json.loads(p.read_text())
                                 for p in (out / f"{mode}-traces").rglob("*.json")} for mode in ("ddp", "fsdp")}
     outputs["trainer_traces"] = sorted(p.name for p in (out / "trainer-traces").iterdir())
@@ -143,6 +149,19 @@ def test_fsdp_optimizer_step_is_seen_whole_on_every_rank(ranks, reference, refer
             assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
             assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
             assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_DEEPSPEED, reason="deepspeed is not installed (the test extra installs it)")
+def test_zero3_norms_come_through_deepspeed_and_are_the_full_gradients(ranks, reference):
+    """Under ZeRO-3 the LoRA weights are empty outside the forward and .grad is None: read naively every
+    layer is 'off_loss_path'. Through DeepSpeed's safe_get_full_grad: ok, with one process's norms."""
+    for out in ranks["zero3"]:
+        assert out["empty_outside_forward"]
+        assert {r["status"] for r in out["lora"]} == {"ok"} and len(out["lora"]) == 6
+        for layer in out["lora"]:
+            stem = f"{layer['path']}.{{}}.{layer['adapter']}.weight"
+            assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
+            assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
 
 
 def test_trainer_callback_under_torchrun_writes_one_merged_report_from_rank_0(ranks):

@@ -185,8 +185,9 @@ def _validate(args) -> None:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             raise TracerError("--plot needs matplotlib: pip install -e '.[plot]'")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     for flag in ("json", "chrome_trace", "plot", "markdown"):
-        if getattr(args, flag):
+        if getattr(args, flag) and not (flag == "chrome_trace" and under_torchrun):  # there: a directory
             check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.clip or not args.static_only:
         from .audio import check_clip_args

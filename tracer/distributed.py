@@ -67,20 +67,39 @@ def shard(model, report) -> None:
     model._get_fsdp_state()._lazy_init()  # NB: private; the public path is a forward through the root first
 
 
+def is_zero3(param) -> bool:
+    """A DeepSpeed ZeRO-3 parameter: empty outside its module's forward, its gradient partitioned."""
+    return hasattr(param, "ds_id")
+
+
+def _zero3_full(param) -> tuple:
+    """(full gradient or None, full value) of a ZeRO-3 parameter, through DeepSpeed's own API: each call a
+    collective (peft#1402: reading ``.grad`` there says "no gradient")."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
+    return safe_get_full_grad(param), safe_get_full_fp32_param(param)
+
+
 def tensor_facts(triples: list) -> list:
     """For each ``(lora_A, lora_B, magnitude or None)``: the norms of their full gradients (None where no
     gradient), whether lora_B is all zeros, and whether the gradients are finite — over every shard. A
-    collective when any of them is sharded: every rank must call it with the same layers in the same order."""
+    collective when any of them is sharded (FSDP2's DTensors, DeepSpeed ZeRO-3's partitions): every rank
+    must call it with the same layers in the same order."""
     rows, sharded = [], False
     for triple in triples:
-        row = []
-        for param in triple:
+        row, b_value = [], None
+        for index, param in enumerate(triple):
+            if param is not None and is_zero3(param):
+                grad, value = _zero3_full(param)  # full on every rank: nothing left to sum
+                row.append(None if grad is None else grad.detach().float())
+                b_value = value if index == 1 else b_value
+                continue
             grad = None if param is None else param.grad
             sharded = sharded or (grad is not None and is_sharded(grad))
             row.append(None if grad is None else local(grad.detach()).float())
-        b_local = local(triple[1].detach())
-        sharded = sharded or is_sharded(triple[1])
-        rows.append((row, b_local))
+        if b_value is None:
+            b_value = local(triple[1].detach())
+            sharded = sharded or is_sharded(triple[1])
+        rows.append((row, b_value))
     # per triple: squared norms of the three gradients, non-zeros in lora_B, non-finite gradient entries
     sums = torch.zeros(len(rows), 5, dtype=torch.float64)
     for i, (row, b_local) in enumerate(rows):

@@ -121,11 +121,11 @@ class Tracer:
         if self.memory:
             self._memory = self.memory_source or (CudaAllocatorMemory(first.device.index) if self._cuda else None)
         self._now = self._cuda_event if self._cuda else time.perf_counter_ns
-        from .distributed import is_sharded, local
+        from .distributed import is_sharded, is_zero3, local
         params = [p for p in self.model.parameters() if p.device.type != "meta"]
-        # FSDP2: parameters are DTensor shards (the unsharded storage is freed between passes); the shard's
-        # storage is what exists now, and _pre adds the unsharded ones as FSDP gathers them
-        self._sharded = any(is_sharded(p) for p in params)
+        # FSDP2: parameters are DTensor shards (the unsharded storage is freed between passes), ZeRO-3's are
+        # empty between passes: the storage that exists now, and _pre adds the gathered ones as they come
+        self._sharded = any(is_sharded(p) or is_zero3(p) for p in params)
         self._param_storage = {local(p).untyped_storage().data_ptr() for p in params}
         try:
             for idx, (_, module) in enumerate(modules):
@@ -183,7 +183,7 @@ class Tracer:
                 [_meta(t) for t in items], None, 0, False, 0, None, None, None, None, None, []]
         cid = len(self._calls)
         self._calls.append(call)
-        if self._sharded:  # FSDP2 has just swapped in the gathered weights: they are not activations
+        if self._sharded:  # FSDP2 / ZeRO-3 have just gathered the weights: they are not activations
             for param in module._parameters.values():
                 if param is not None and type(param) is not torch.distributed.tensor.DTensor:
                     self._param_storage.add(param.untyped_storage().data_ptr())
