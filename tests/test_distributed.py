@@ -220,7 +220,10 @@ def test_gradients_are_the_single_process_ones(cli_under_torchrun, tmp_path, roo
         theirs = {(r["path"], r["adapter"]): r["grad_norm_B"] for r in alone["runs"][name]["lora"]}
         assert ours.keys() == theirs.keys()
         for key, value in theirs.items():
-            assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-9), (name, key)
+            if value is None:  # a layer this strategy does not run: no gradient alone or on the ranks
+                assert ours[key] is None, (name, key)
+            else:
+                assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-9), (name, key)
 
 
 def test_bin_trace_under_torchrun_writes_a_trace_per_rank(cli_under_torchrun):

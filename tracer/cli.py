@@ -25,6 +25,7 @@ examples:
   bin/trace my.flac --model Qwen/Qwen2-Audio-7B-Instruct --device cuda
   bin/trace --config samples/qwen2-audio-7b.json --static-only --json out.json
   bin/trace diff out.json:audio_tower out.json:full_forward
+  torchrun --nproc_per_node 2 bin/trace samples/sample.wav [--fsdp]
 
 exit codes: 0 ok, 2 bad input or usage, 3 a strategy failed (the rest reported), 1 unexpected"""
 
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--depth", type=int, default=4, help="module tree depth in the text report (default 4)")
     out.add_argument("--json", metavar="FILE", help="write the full record as JSON (schema_version 1)")
     out.add_argument("--chrome-trace", metavar="FILE", help="write a Trace Event JSON for Perfetto / "
-                                                             "chrome://tracing (every module call, fwd and bwd)")
+                                                             "chrome://tracing (every module call, fwd and bwd); "
+                                                             "under torchrun a directory, one trace per rank")
     out.add_argument("--plot", metavar="FILE.png", help="write a PNG: per-layer time, LoRA grad norms by status, "
                                                          "the LoRA course over --steps, the strategies compared "
                                                          "(needs matplotlib)")
