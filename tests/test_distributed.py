@@ -96,14 +96,12 @@ def test_rank_0_merges_both_ranks_and_names_the_slowed_one(ranks, mode):
 
 
 def test_fsdp_gathered_weights_are_not_counted_as_saved_activations(ranks):
-    """FSDP2 gathers each layer's weights into new storages as the layer runs; autograd saves them for
-    backward, but they are weights: no module saves more than under DDP, whose weights are plain (counted,
-    a Linear's weight would add 4 or 8 KiB). Not equal byte for byte: storages are told apart by address,
-    and FSDP's gathers and frees recycle addresses, so a few small saved tensors go uncounted."""
+    """FSDP2 gathers each layer's weights into new storages as the layer runs and frees them after (resizing
+    the storage to 0): autograd saves them for backward, but they are weights, and the activations allocated
+    where they were are activations. Each module saves exactly what it saves under DDP (weights plain)."""
     ddp, fsdp = ranks["ddp"][0]["saved_bytes"], ranks["fsdp"][0]["saved_bytes"]
-    assert fsdp.keys() <= ddp.keys()
-    assert {p: (ddp[p], b) for p, b in fsdp.items() if b > ddp[p]} == {}
-    assert sum(fsdp.values()) >= 0.9 * sum(ddp.values())
+    assert fsdp.keys() <= ddp.keys() and sum(fsdp.values()) > 0
+    assert {p: (ddp[p], b) for p, b in fsdp.items() if b != ddp[p]} == {}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -126,7 +126,9 @@ class Tracer:
         # FSDP2: parameters are DTensor shards (the unsharded storage is freed between passes), ZeRO-3's are
         # empty between passes: the storage that exists now, and _pre adds the gathered ones as they come
         self._sharded = any(is_sharded(p) or is_zero3(p) for p in params)
-        self._param_storage = {local(p).untyped_storage().data_ptr() for p in params}
+        # NB: storages by identity (_cdata), not address: FSDP2 frees a gathered weight's memory by resizing its
+        # storage to 0, and an activation allocated there next must not pass for that weight
+        self._param_storage = {local(p).untyped_storage()._cdata for p in params}
         try:
             for idx, (_, module) in enumerate(modules):
                 self._handles.append(module.register_forward_pre_hook(partial(self._pre, idx), with_kwargs=True))
@@ -186,7 +188,7 @@ class Tracer:
         if self._sharded:  # FSDP2 / ZeRO-3 have just gathered the weights: they are not activations
             for param in module._parameters.values():
                 if param is not None and type(param) is not torch.distributed.tensor.DTensor:
-                    self._param_storage.add(param.untyped_storage().data_ptr())
+                    self._param_storage.add(param.untyped_storage()._cdata)
         if not self._stack and "labels" in kwargs:  # NB: the root's call only: one check a pass
             labels = kwargs["labels"]
             self.labels_all_masked = isinstance(labels, torch.Tensor) and bool((labels == -100).all())
@@ -273,7 +275,7 @@ class Tracer:
         # Attribute each storage autograd keeps to the innermost module, once; weights are not activations.
         if self._stack and self._active:
             storage = tensor.untyped_storage()
-            key = storage.data_ptr()
+            key = storage._cdata
             if key not in self._param_storage and key not in self._seen_storage:
                 self._seen_storage.add(key)
                 self._calls[self._stack[-1]][_SAVED] += storage.nbytes()
