@@ -241,3 +241,10 @@ def test_fsdp_outside_torchrun_is_one_line(capsys, root, monkeypatch):
     assert main([f"{root}/samples/sample.wav", "--fsdp"]) == 2
     assert capsys.readouterr().err == ("error: --fsdp shards over the ranks of a job: run under torchrun "
                                        "--nproc_per_node N (N >= 2)\n")
+
+
+def test_a_run_missing_on_a_rank_is_named_not_waited_for():
+    """merge() with no run (a strategy that failed on this rank) still takes part in the collective; rank 0
+    names the rank. Without a process group that rank is 0."""
+    from tracer.distributed import merge
+    assert merge(None, {}) == {"failed_on": [0]}

@@ -129,13 +129,16 @@ def gather_to_zero(obj) -> list | None:
     return gathered
 
 
-def merge(run: dict, component_of: dict) -> dict | None:
-    """Every rank's run record (``Tracer.result()``) on rank 0, merged: a collective (every rank calls it);
-    None on the other ranks, and ``run`` as the only rank without a process group."""
+def merge(run: dict | None, component_of: dict) -> dict | None:
+    """Every rank's run record (``Tracer.result()``) on rank 0, merged: a collective (every rank calls it,
+    with None where its run failed, so no rank is left waiting); None on the other ranks, and on rank 0
+    ``{"failed_on": [ranks]}`` when some rank has no run to give; ``run`` alone without a process group."""
     info = rank_info()
-    gathered = gather_to_zero(_summary(run, component_of, info))
+    gathered = gather_to_zero(None if run is None else _summary(run, component_of, info))
     if gathered is None:
         return None
+    if any(g is None for g in gathered):
+        return {"failed_on": [rank for rank, g in enumerate(gathered) if g is None]}
     return _merged(gathered, info or {"rank": 0, "world_size": 1, "backend": None})
 
 

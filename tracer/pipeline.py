@@ -14,7 +14,7 @@ from typing import Any, Callable
 from .errors import TracerError, first_line
 from .records import LoraDiagnosis
 from .schema import SCHEMA_VERSION
-from .vocab import LOSSES, RUN_FAILED, STRATEGIES
+from .vocab import LOSSES, RUN_FAILED, RUN_NOT_APPLICABLE, STRATEGIES
 
 BUILTIN_BANNER = ("built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
                   "noise); pass --model DIR_OR_HUB_ID for a real checkpoint, or --model whisper-tiny.en for a "
@@ -313,8 +313,9 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         observe("run", trace.freeze(), name)
     if parallel is not None:
         from .distributed import merge
-        merged = {name: merge(run.to_dict(), run_report.component_of) for name, run in trace.runs.items()
-                  if run.ok}  # NB: a collective per strategy, in the same order on every rank
+        # NB: a collective per strategy, in the same order on every rank, whether or not its run succeeded
+        merged = {name: merge(run.to_dict() if run.ok else None, run_report.component_of)
+                  for name, run in trace.runs.items() if run.status != RUN_NOT_APPLICABLE}
         trace.distributed = {**info, "parallel": parallel,
                              **({"strategies": merged} if info["rank"] == 0 else {})}
     trace.comparison = compare(trace.runs, run_report)

@@ -177,6 +177,9 @@ def render_ranks(distributed: dict, top: int = 5) -> Section:
     world = distributed["world_size"]
     blocks = []
     for name, merged in distributed["strategies"].items():
+        if "failed_on" in merged:
+            blocks.append(f"{name}: not merged: it failed on rank(s) {', '.join(map(str, merged['failed_on']))}")
+            continue
         rows = []
         for stage, s in merged["stages"].items():
             totals = [None if f is None else f + (b or 0.0) for f, b in zip(s["forward_ms"], s["backward_ms"])]
