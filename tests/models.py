@@ -239,42 +239,35 @@ def _builtin_tokenizer_lm(model_type: str) -> tuple:
     return lm, tokenizer.convert_tokens_to_ids("<|AUDIO|>")
 
 
-def qwen3_asr():
-    """A tiny Qwen3-ASR (windowed Whisper-style encoder that packs the clip's frames, Qwen3 LM) with the
-    built-in tokenizer's vocabulary; no processor."""
-    from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
-    lm, audio_id = _builtin_tokenizer_lm("qwen3")
+def _tiny_audio_lm(family: str, lm_type: str, audio_config: dict):
+    """``{family}ForConditionalGeneration`` with the given small audio encoder, a tiny LM with the built-in
+    tokenizer's vocabulary and its <|AUDIO|> as the audio token; seed 0, no processor."""
+    import transformers
+    lm, audio_id = _builtin_tokenizer_lm(lm_type)
     torch.manual_seed(0)
-    config = Qwen3ASRConfig(audio_config={"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 4,
-                                          "encoder_ffn_dim": 64, "d_model": 32, "output_dim": 32,
-                                          "downsample_hidden_size": 16},
-                            text_config=lm, audio_token_id=audio_id)
-    return Qwen3ASRForConditionalGeneration(config).eval()
+    config = getattr(transformers, f"{family}Config")(audio_config=audio_config, text_config=lm,
+                                                        audio_token_id=audio_id)
+    return getattr(transformers, f"{family}ForConditionalGeneration")(config).eval()
+
+
+def qwen3_asr():
+    """A tiny Qwen3-ASR: a windowed Whisper-style encoder that packs the clip's frames, a Qwen3 LM."""
+    return _tiny_audio_lm("Qwen3ASR", "qwen3", {"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 4,
+                                                "encoder_ffn_dim": 64, "d_model": 32, "output_dim": 32,
+                                                "downsample_hidden_size": 16})
 
 
 def glm_asr():
-    """A tiny GLM-ASR (rotary Whisper-style encoder; the projector merges 4 frames a token) with the built-in
-    tokenizer's vocabulary; no processor."""
-    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration
-    lm, audio_id = _builtin_tokenizer_lm("llama")
-    torch.manual_seed(0)
-    config = GlmAsrConfig(audio_config={"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 2,
-                                        "num_attention_heads": 4, "num_mel_bins": 128},
-                          text_config=lm, audio_token_id=audio_id)
-    return GlmAsrForConditionalGeneration(config).eval()
+    """A tiny GLM-ASR: a rotary Whisper-style encoder; the projector merges 4 frames a token."""
+    return _tiny_audio_lm("GlmAsr", "llama", {"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 2,
+                                              "num_attention_heads": 4, "num_mel_bins": 128})
 
 
 def musicflamingo():
-    """A tiny MusicFlamingo (AudioFlamingo3's encoder with rotary time embeddings) with the built-in
-    tokenizer's vocabulary; no processor."""
-    from transformers import MusicFlamingoConfig, MusicFlamingoForConditionalGeneration
-    lm, audio_id = _builtin_tokenizer_lm("qwen2")
-    torch.manual_seed(0)
-    config = MusicFlamingoConfig(audio_config={"model_type": "audioflamingo3_encoder", "hidden_size": 16,
-                                               "intermediate_size": 64, "num_hidden_layers": 2,
-                                               "num_attention_heads": 4, "num_mel_bins": 128},
-                                 text_config=lm, audio_token_id=audio_id)
-    return MusicFlamingoForConditionalGeneration(config).eval()
+    """A tiny MusicFlamingo: AudioFlamingo3's encoder with rotary time embeddings, a Qwen2 LM."""
+    return _tiny_audio_lm("MusicFlamingo", "qwen2", {"model_type": "audioflamingo3_encoder", "hidden_size": 16,
+                                                     "intermediate_size": 64, "num_hidden_layers": 2,
+                                                     "num_attention_heads": 4, "num_mel_bins": 128})
 
 
 def phi4_multimodal():

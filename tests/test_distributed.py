@@ -248,3 +248,21 @@ def test_a_run_missing_on_a_rank_is_named_not_waited_for():
     names the rank. Without a process group that rank is 0."""
     from tracer.distributed import merge
     assert merge(None, {}) == {"failed_on": [0]}
+
+
+def test_ranks_that_disagree_on_a_status_are_named_with_the_skew_by_hand():
+    """Two ranks' summaries merged: skew = slowest / median, the excess over the median, and a LoRA layer
+    whose status differs named with each rank's status."""
+    from tracer.distributed import _merged
+    from tracer.report_runtime import agreement_lines
+    layer = ("base_model.model.model.layers.0.self_attn.q_proj", "default")
+    summaries = [{"rank": r, "modules": {"m": (fwd, 1.0, None)}, "stages": {"language_model": {
+        "forward_ms": fwd, "backward_ms": 1.0}}, "lora": {layer: status}, "total_forward_ms": fwd,
+        "total_backward_ms": 1.0} for r, fwd, status in ((1, 7.0, "not_executed"), (0, 3.0, "ok"))]
+    merged = _merged(summaries, {"rank": 0, "world_size": 2, "backend": "gloo"})
+    stage = merged["stages"]["language_model"]
+    assert merged["ranks"] == [0, 1] and stage["slowest_rank"] == 1
+    assert stage["skew"] == pytest.approx(8.0 / 6.0) and stage["excess_ms"] == pytest.approx(2.0)
+    assert not merged["lora_statuses_agree"]
+    assert agreement_lines(merged, "") == ["! ranks disagree on model.layers.0.self_attn.q_proj "
+                                           "(rank 0: ok, rank 1: not_executed)"]

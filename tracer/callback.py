@@ -104,9 +104,5 @@ def ranks_lines(merged: dict | None) -> str:
     for name, stage in merged["stages"].items():
         if stage["skew"] is not None:
             lines.append(f"    {name}: slowest on rank {stage['slowest_rank']}, {stage['skew']:.2f}x the median")
-    if merged["lora_statuses_agree"]:
-        lines.append("    LoRA statuses agree across ranks")
-    for d in merged["lora_disagreements"][:5]:
-        by_rank = ", ".join(f"rank {r}: {s}" for r, s in zip(merged["ranks"], d["statuses"]))
-        lines.append(f"    ranks disagree on {d['path']} ({by_rank})")
-    return "\n".join(lines)
+    from .report_runtime import agreement_lines
+    return "\n".join(lines + agreement_lines(merged, "    "))

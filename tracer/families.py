@@ -23,6 +23,7 @@ from .inputs import (
     ModelInputs,
     audio_in_prompt_inputs,
     audio_kwargs_for,
+    audio_token_id_of,
     encoder_features,
     encoder_hidden,
     encoder_lengths,
@@ -79,8 +80,6 @@ def packed_tower_inputs(processor, model, encoder, clip: Clip, prompt: str, targ
     """Qwen2.5-Omni's thinker: its audio encoder takes the clip's frames alone, packed without a batch axis
     (mel x frames), with their count (``feature_lens``) and the count after its convolutions, as the
     model's own ``get_audio_features`` calls it. The whole model takes what the processor makes."""
-    from dataclasses import replace
-
     import torch
     inputs = audio_in_prompt_inputs(processor, model, encoder, clip, prompt, target)
     features = inputs.tower["input_features"]
@@ -95,8 +94,6 @@ def unpooled_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
     ``intermediate_size`` wide), so the LM receives 375 tokens for each 30 s window, padding included; the
     surrogate loss pools the encoder frames that hold the clip. The prompt is built here, the audio's
     tokens first, as many as the model takes (its processor needs mistral-common)."""
-    from dataclasses import replace
-
     tower, accounting = encoder_features(processor, encoder, clip)
     frames = encoder_lengths(encoder, accounting.mel_frames)[0]
     window = encoder_lengths(encoder, tower["input_features"].shape[-1])[0]
@@ -116,11 +113,9 @@ def _audio_tokens_then_prompt(inputs: ModelInputs, processor, model, lm_tokens: 
     """The prompt built here: ``lm_tokens`` of the model's audio token, the prompt, then the target, for a
     family whose processor cannot be used here (or that has none): the count is the model's, not a
     processor's formula."""
-    from dataclasses import replace
-
     import torch
     tokenizer = getattr(processor, "tokenizer", None)
-    audio_id = _audio_token_id(model)
+    audio_id = audio_token_id_of(model)
     if tokenizer is None or audio_id is None:
         return inputs
     vocab = text_vocab_size(model)
@@ -144,7 +139,6 @@ def qformer_window_inputs(processor, model, encoder, clip: Clip, prompt: str, ta
     extractor (which needs torchaudio) when it ships one, else SeamlessM4T's (the same 80 mels stacked in
     pairs)."""
     import math
-    from dataclasses import replace
 
     audio_processor = getattr(processor, "audio_processor", None)
     if audio_processor is not None:  # GraniteSpeechFeatureExtractor: its own call, no padding options
@@ -176,18 +170,16 @@ def measured_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
     encoder (windowed encoders, frames merged in the projector). The count is measured: the model's own
     ``get_audio_features`` on the clip's features, rows of what it hands the LM. The processor's prompt is
     used when its audio tokens agree with that count; otherwise the prompt is built here with it."""
-    from dataclasses import replace
-
     import torch
     tower, accounting = encoder_features(processor, encoder, clip)
     audio = audio_kwargs_for(model, tower["input_features"], accounting)
     with torch.no_grad():
-        handed = _inner_model(model).get_audio_features(**audio).pooler_output
+        features_out = _inner_model(model).get_audio_features(**audio)
+    handed = features_out.pooler_output
     tokens = handed.numel() // handed.shape[-1]
     encoder_frames, tower_frames = accounting.encoder_frames, None
-    if encoder_frames is None:  # no length function on the encoder: measured too
-        with torch.no_grad():
-            out = encoder_hidden(encoder(**tower))
+    if encoder_frames is None:  # no length function on the encoder: measured too, on the same pass's output
+        out = features_out.last_hidden_state
         if out.dim() == 2:  # packed (Qwen3-ASR): the clip's frames alone, no batch axis
             encoder_frames = out.shape[0]
         elif len(tower) == 1:  # the padded window and no mask: the clip holds its leading share of the frames
@@ -197,7 +189,7 @@ def measured_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
                                          f"on the clip hands the LM {tokens} rows")
     if getattr(processor, "audio_token", None) is not None:
         via_processor = audio_in_prompt_inputs(processor, model, encoder, clip, prompt, target)
-        audio_id = _audio_token_id(model)
+        audio_id = audio_token_id_of(model)
         if via_processor.full is not None and int((via_processor.full["input_ids"] == audio_id).sum()) == tokens:
             full = {**via_processor.full, **audio}
             return replace(via_processor, full=full, accounting=accounting, tower_frames=tower_frames)
@@ -206,14 +198,8 @@ def measured_inputs(processor, model, encoder, clip: Clip, prompt: str, target: 
 
 
 def _inner_model(model):
+    """The model a PeftModel wraps (its own get_base_model), or the model."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _audio_token_id(model):
-    config = model.config
-    audio_config = getattr(config, "audio_config", None)  # Phi-4 keeps it there
-    return (getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
-            or getattr(audio_config, "audio_token_id", None))
 
 
 def phi4_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
@@ -331,6 +317,5 @@ FAMILIES = (
 
 def family_of(model) -> Family:
     """The entry for ``model`` (a PeftModel is matched by the model it wraps)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PeftModel's own
-    name = type(base).__name__
+    name = type(_inner_model(model)).__name__
     return next((f for f in FAMILIES if name in f.classes), GENERIC)

@@ -180,10 +180,18 @@ def _account(encoder, mel_frames: int, padded: int) -> AudioAccounting:
                            length_function=name)
 
 
+def audio_token_id_of(model) -> int | None:
+    """The id the model replaces with audio features (``audio_token_index`` in older configs; Phi-4 keeps it
+    in its audio config)."""
+    config = getattr(model, "config", None)
+    audio_config = getattr(config, "audio_config", None)
+    return (getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
+            or getattr(audio_config, "audio_token_id", None))
+
+
 def _remap_audio_token(processor, model, full: dict) -> None:
     """A fallback processor may use another id for <|AUDIO|> than the model's config."""
-    config = getattr(model, "config", None)
-    wanted = getattr(config, "audio_token_id", None) or getattr(config, "audio_token_index", None)
+    wanted = audio_token_id_of(model)
     have = getattr(processor, "audio_token_id", None)
     if wanted is not None and have is not None and wanted != have:
         ids = full["input_ids"]

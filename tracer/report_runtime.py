@@ -193,11 +193,18 @@ def render_ranks(distributed: dict, top: int = 5) -> Section:
         lines = [f"{name}: forward + backward per rank", table, "  most time lost to the slowest rank: " + ", ".join(
             f"{short(m['path'])} (rank {m['slowest_rank']} +{m['excess_ms']:.2f} ms, {m['skew']:.2f}×)"
             for m in skewed)]
-        if merged["lora_statuses_agree"]:
-            lines.append("  LoRA statuses agree across ranks")
-        for d in merged["lora_disagreements"][:top]:
-            by_rank = ", ".join(f"rank {r}: {st}" for r, st in zip(merged["ranks"], d["statuses"]))
-            lines.append(f"  ! ranks disagree on {short(d['path'])} ({by_rank})")
+        lines += agreement_lines(merged, "  ", top)
         blocks.append("\n".join(lines))
     title = f"{world} ranks ({distributed['backend']}, {distributed['parallel'].upper()}), merged on rank 0"
     return Section("RANKS", title, "\n\n".join(blocks))
+
+
+def agreement_lines(merged: dict, indent: str, top: int = 5) -> list:
+    """Whether the ranks agree on every LoRA layer's status, or the layers they disagree on, rank by rank."""
+    if merged["lora_statuses_agree"]:
+        return [f"{indent}LoRA statuses agree across ranks"]
+    lines = []
+    for d in merged["lora_disagreements"][:top]:
+        by_rank = ", ".join(f"rank {r}: {status}" for r, status in zip(merged["ranks"], d["statuses"]))
+        lines.append(f"{indent}! ranks disagree on {short(d['path'])} ({by_rank})")
+    return lines
