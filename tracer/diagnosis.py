@@ -13,6 +13,7 @@ from .distributed import tensor_facts
 from .lora_params import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
 from .naming import collapse_paths
 from .records import LoraLayerRecord
+from .vocab import strip_peft_prefix
 from .vocab import LORA_STATUSES
 
 STATUSES = LORA_STATUSES
@@ -29,15 +30,19 @@ def _reentrant_checkpoint_above(modules: dict, path: str) -> bool:
 
 
 def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict | None = None,
-             labels_masked: bool = False) -> list[LoraLayerRecord]:
+             labels_masked: bool = False, autograd_off: dict | None = None,
+             weights_saved: frozenset = frozenset()) -> list[LoraLayerRecord]:
     """One record per LoRA layer x adapter (``modules``: the run's ModuleRecords), with a status from
     ``STATUSES``, a cause and a hint. ``steps``: what an optimizer did (steps.StepWatcher.facts()), when one
-    was watched; its gradient norms stand in for ``.grad`` that ``zero_grad`` has cleared since."""
+    was watched; its gradient norms stand in for ``.grad`` that ``zero_grad`` has cleared since.
+    ``autograd_off``: path -> rollup.AutogradOff, where and how autograd was switched off above a module;
+    ``weights_saved``: LoRA layers whose base weight autograd saved for backward (read by someone)."""
     records = {m.path: m for m in modules}
     grad_any = {}
     for call in calls:
         grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
     modules_by_path = dict(model.named_modules())  # once, not per layer
+    ran = {component_of.get(m.path, "other") for m in modules if m.executed}
     layers = []
     for path, layer in lora_layers(model):
         for adapter, a, b in lora_params(layer):
@@ -53,15 +58,19 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
         step = steps.get((path, adapter)) if steps is not None else None
         if step is not None and norms[0] is None and norms[1] is None:
             norms = (step.grad_norm_A, step.grad_norm_B, norms[2])
-        status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch,
-                                        grad_any.get(path), a, b, norms, b_zero, finite)
+        component = component_of.get(path, "other")
+        if rec is None or not rec.executed:
+            status, cause, hint = _not_executed(path, component, path in weights_saved, ran)
+        else:
+            status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch, grad_any.get(path),
+                                            a, b, norms, b_zero, finite, (autograd_off or {}).get(path), component)
         if step is not None or labels_masked:
             status, cause, hint = _after_gradients(status, cause, hint, step, steps is not None, labels_masked)
         extra = {} if step is None else dict(
             in_optimizer=step.in_optimizer, lr=step.lr, optimizer_steps=step.steps, stepped=step.stepped,
             update_ratio_A=step.update_ratio_A, update_ratio_B=step.update_ratio_B)
         out.append(LoraLayerRecord(
-            path=path, adapter=adapter, component=component_of.get(path, "other"),
+            path=path, adapter=adapter, component=component,
             executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
             grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
             grad_norm_magnitude=norms[2], lora_B_zero=b_zero, status=status, cause=cause,
@@ -89,19 +98,88 @@ def _after_gradients(status, cause, hint, step, watched: bool, labels_masked: bo
         why = "its learning rate is 0" if not step.lr else "the step left the weights unchanged"
         return ("not_updated", f"in the optimizer and gradients arrive, but {why}",
                 "check the scheduler (a warm-up from 0?) and the param group's lr")
+    if step.magnitude_in_optimizer is False:
+        return ("not_updated", "lora_A/lora_B learn, but the DoRA magnitude vector (lora_magnitude_vector) is in "
+                               "no param group of the optimizer: the magnitude never moves",
+                "build the optimizer from every trainable parameter (the magnitude is one), e.g. "
+                "[p for p in model.parameters() if p.requires_grad]")
+    if step.magnitude_stepped is False:
+        why = "its learning rate is 0" if not step.magnitude_lr else "the step left it unchanged"
+        return ("not_updated", f"lora_A/lora_B move, but the DoRA magnitude vector does not: {why}",
+                "give the magnitude's param group a learning rate above 0")
     # a step was taken: lora_B has left zero, so a zero lora_A gradient no longer means a fresh adapter
     return ("ok", "gradients flow and the step moved the weights", "")
 
 
-def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, finite: bool):
+def _not_executed(path: str, component: str, weight_saved: bool, ran: set):
+    """A layer that never ran: read around (a fused loss), skipped by the forward, or outside what ran."""
+    name = path.rpartition(".")[2]
+    if weight_saved:
+        return ("bypassed", f"{name} never ran, but its base weight took part in the backward graph: something "
+                            f"read {name}.weight directly, past the LoRA layer (a fused linear + cross-entropy loss: "
+                            "Liger, Unsloth, cut-cross-entropy; trl#4612)",
+                f"turn the fused loss off for this run (e.g. use_liger_kernel=False), or leave {name} out of "
+                "target_modules")
+    if component == "head" and "language_model" in ran:
+        return ("not_executed", f"the language model ran but {name} did not: the loss was computed without calling "
+                                f"it (a fused linear + cross-entropy loss reads {name}.weight directly: Liger, "
+                                "Unsloth, cut-cross-entropy; or logits made by hand)",
+                f"turn the fused loss off for this run, or leave {name} out of target_modules")
+    return ("not_executed", "the layer never ran in this pass",
+            "target only modules the strategy runs (see the suggested target_modules)")
+
+
+def _frozen(adapter: str):
+    return ("frozen", f"lora_A/lora_B of adapter '{adapter}' have requires_grad=False: something froze them after "
+                      "get_peft_model (a freezing loop, PeftModel.from_pretrained without is_trainable=True, "
+                      "prepare_model_for_kbit_training applied after the adapter)",
+            "set requires_grad_(True) on the LoRA parameters (names with 'lora_') after any freezing loop; load "
+            "adapters with PeftModel.from_pretrained(..., is_trainable=True); call prepare_model_for_kbit_training "
+            "before get_peft_model")
+
+
+def _no_grad(modules: dict, path: str, off, component: str):
+    """no_grad_mode, with where autograd was switched off (rollup.AutogradOff) and how."""
+    if off is None:  # (no record of where: an older collection)
+        if _reentrant_checkpoint_above(modules, path):
+            return ("no_grad_mode", "it ran with autograd off: reentrant gradient checkpointing whose inputs "
+                                    "need no grad runs the block under no_grad and never replays it",
+                    "model.enable_input_require_grads(), or gradient_checkpointing_kwargs={'use_reentrant': False}")
+        return ("no_grad_mode", "it ran with autograd off (torch.no_grad() or torch.inference_mode())",
+                "run the forward of the training step with autograd enabled")
+    boundary, caller = _shown(off.boundary), _shown(off.caller)
+    if off.how.startswith("function:") or (off.how == "no_grad" and _reentrant_checkpoint_above(modules, path)):
+        function = off.how.partition(":")[2] or "CheckpointFunction"
+        reach = ("enable_input_require_grads() hooks the language model's input embeddings only: make this "
+                 f"component's input need grad (a forward hook on {component}'s first layer that calls "
+                 "output.requires_grad_(True))" if component != "language_model"
+                 else "model.enable_input_require_grads() before training")
+        where = f"{caller}'s forward" if off.caller is not None else "the caller's code"
+        return ("no_grad_mode", f"a reentrant checkpoint ({function}) in {where} ran {boundary} with inputs that "
+                                "need no grad: the block runs under no_grad and is never replayed (peft#1142)",
+                f"non-reentrant checkpointing (gradient_checkpointing_kwargs={{'use_reentrant': False}}, or "
+                f"use_reentrant=False in your own torch.utils.checkpoint call), or {reach}")
+    how = "torch.inference_mode()" if off.how == "inference_mode" else "torch.no_grad()"
+    if off.caller is None:
+        return ("no_grad_mode", f"it ran with autograd off: {boundary} was called under {how} by the caller's "
+                                "code (the training step)",
+                f"call {boundary} with autograd enabled (no {how} around it); to keep it fixed, freeze its "
+                "parameters instead")
+    return ("no_grad_mode", f"it ran with autograd off: {caller}'s forward switched autograd off ({how}, e.g. a "
+                            f"@torch.no_grad decorator) before calling {boundary} (LLaVA#1537)",
+            f"remove the {how} from {caller}'s forward; to keep what it runs fixed, freeze those parameters "
+            "instead of cutting autograd")
+
+
+def _shown(path: str | None) -> str | None:
+    return "the root module" if path == "" else strip_peft_prefix(path) if path is not None else None
+
+
+def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, finite: bool,
+              off=None, component: str = "other"):
     norm_a, norm_b, norm_m = norms
-    if rec is None or not rec.executed:
-        return ("not_executed", "the layer never ran in this pass",
-                "target only modules the strategy runs (see the suggested target_modules)")
     if not (a.requires_grad or b.requires_grad):
-        return ("frozen", f"lora_A/lora_B of adapter '{adapter}' have requires_grad=False",
-                "call model.train() on the PeftModel / set requires_grad_(True) on the LoRA parameters, "
-                "or load the adapter with is_trainable=True")
+        return _frozen(adapter)
     if adapter in layer.lora_A and (branch is None or not branch.executed):  # an Embedding's has no module
         if getattr(layer, "merged", False):
             return ("disabled", "the adapter is merged into the base weights, so the LoRA branch did not run",
@@ -113,13 +191,7 @@ def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms,
                             "(disable_adapter() context or disable_adapters=True)",
                 "run the training step outside disable_adapter()")
     if not grad_any:
-        if _reentrant_checkpoint_above(modules, path):
-            return ("no_grad_mode", "it ran with autograd off: reentrant gradient checkpointing whose inputs "
-                                    "need no grad runs the block under no_grad and never replays it",
-                    "model.enable_input_require_grads(), or gradient_checkpointing_kwargs="
-                    "{'use_reentrant': False}")
-        return ("no_grad_mode", "it ran with autograd off (torch.no_grad() or torch.inference_mode())",
-                "run the forward of the training step with autograd enabled")
+        return _no_grad(modules, path, off, component)
     present = [n for n in (norm_a, norm_b, norm_m) if n is not None]
     if any(not math.isfinite(n) for n in present) or not finite:
         return ("nonfinite", "NaN or Inf in its gradients",

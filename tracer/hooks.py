@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -23,6 +23,9 @@ from .records import CallRecord, ModuleRecord
  _MEM_BEFORE, _MEM_AFTER, _PEAK, _BW_START, _BW_END, _NORMS) = range(17)
 _MAX_ITEMS = 32  # inputs/outputs described per call: enough for HF layers, bounded for huge tuples
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+_CALL_IMPL = nn.Module._call_impl.__code__  # one frame per module call (its _wrapped_call_impl is another)
+_FUNCTION_APPLY = torch.autograd.Function.apply.__func__.__code__
+_MAX_FRAMES = 64  # frames searched for an autograd Function between a module and its caller
 
 
 def _in_backward() -> bool:
@@ -61,6 +64,38 @@ class CudaAllocatorMemory:
 
     def reset_peak(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.device_index)
+
+
+def _autograd_off_how() -> str:
+    """Why autograd is off for a module call whose caller had it on (called from ``_pre`` only at such a
+    boundary, so the hot path pays nothing): ``inference_mode``, ``function:NAME`` when an autograd Function's
+    forward runs the module (a reentrant checkpoint: torch.utils.checkpoint's CheckpointFunction, Unsloth's
+    checkpointer), else ``no_grad``."""
+    if torch.is_inference_mode_enabled():
+        return "inference_mode"
+    frame, passed_own_call = sys._getframe(2), False
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            break
+        code = frame.f_code
+        if code is _CALL_IMPL:
+            if passed_own_call:
+                break  # the caller's own module call: nothing between
+            passed_own_call = True
+        elif code is _FUNCTION_APPLY:
+            function = frame.f_locals.get("cls")
+            return f"function:{getattr(function, '__qualname__', 'Function')}"
+        frame = frame.f_back
+    return "no_grad"
+
+
+def _compiled_model(modules: list) -> bool:
+    """A root compiled with torch.compile(model), a compiled submodule, or module.compile()."""
+    if "torch._dynamo" not in sys.modules:  # nothing can have been compiled
+        return False
+    from torch._dynamo.eval_frame import OptimizedModule
+    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
+               for _, m in modules)
 
 
 def _meta(item):
@@ -105,6 +140,8 @@ class Tracer:
     def __enter__(self) -> "Tracer":
         if self._active:
             raise RuntimeError("this Tracer is already active; use a second Tracer for a nested trace")
+        # torch.compile(model): trace the module it wraps, so paths are the eager model's
+        wrapper, self.model = self.model, getattr(self.model, "_orig_mod", self.model)
         modules = list(self.model.named_modules())
         self._paths = [p for p, _ in modules]
         self._classes = [type(m).__name__ for _, m in modules]
@@ -113,7 +150,8 @@ class Tracer:
         self._produced: dict = {}  # id(output tensor) -> (weakref, version, [producer cid, consumer cids])
         self._seen_storage: set = set()
         self.failed_in: str | None = None
-        self.labels_all_masked = False
+        self._supervised: list = []  # per root call given labels: tokens supervised per sample (tensors)
+        self._grad_off: dict = {}  # call id -> how autograd was off where its caller had it on
         self._watcher = None
         first = next(self.model.parameters(), None)
         self._cuda = first is not None and first.device.type == "cuda"
@@ -129,7 +167,18 @@ class Tracer:
         # NB: storages by identity (_cdata), not address: FSDP2 frees a gathered weight's memory by resizing its
         # storage to 0, and an activation allocated there next must not pass for that weight
         self._param_storage = {local(p).untyped_storage()._cdata for p in params}
+        # a LoRA layer's base weight saved for backward while the layer never ran: read directly (a fused loss)
+        from .lora_params import lora_layers
+        self._lora_weights = {local(layer.get_base_layer().weight).untyped_storage()._cdata: path
+                              for path, layer in lora_layers(self.model)
+                              if getattr(layer.get_base_layer(), "weight", None) is not None
+                              and layer.get_base_layer().weight.device.type != "meta"}
+        self._weights_saved: set = set()
+        self.compiled = wrapper is not self.model or _compiled_model(modules)
+        self._stance = None
         try:
+            if self.compiled:  # NB: compiled code skips hooks added after compiling (pytorch#117758): run eager
+                self._stance = torch.compiler.set_stance("force_eager")
             for idx, (_, module) in enumerate(modules):
                 self._handles.append(module.register_forward_pre_hook(partial(self._pre, idx), with_kwargs=True))
                 self._handles.append(module.register_forward_hook(partial(self._post, idx), with_kwargs=True,
@@ -158,6 +207,9 @@ class Tracer:
         return None
 
     def _remove(self) -> None:
+        if getattr(self, "_stance", None) is not None:
+            self._stance.__exit__(None, None, None)  # the stance the caller had
+            self._stance = None
         if getattr(self, "_saved_ctx", None) is not None:
             self._saved_ctx.__exit__(None, None, None)
             self._saved_ctx = None
@@ -189,9 +241,13 @@ class Tracer:
             for param in module._parameters.values():
                 if param is not None and type(param) is not torch.distributed.tensor.DTensor:
                     self._param_storage.add(param.untyped_storage()._cdata)
+        if not grad and not call[_RECOMPUTE] and (not self._stack or self._calls[self._stack[-1]][_GRAD]):
+            self._grad_off[cid] = _autograd_off_how()
         if not self._stack and "labels" in kwargs:  # NB: the root's call only: one check a pass
             labels = kwargs["labels"]
-            self.labels_all_masked = isinstance(labels, torch.Tensor) and bool((labels == -100).all())
+            if isinstance(labels, torch.Tensor) and labels.dim() >= 1 and labels.numel():
+                # NB: a tensor, resolved in collected(): no device sync on the hot path
+                self._supervised.append((labels.reshape(labels.shape[0], -1) != -100).sum(-1))
         if grad:
             hook = None
             for t in items:
@@ -273,10 +329,13 @@ class Tracer:
 
     def _pack(self, tensor):
         # Attribute each storage autograd keeps to the innermost module, once; weights are not activations.
-        if self._stack and self._active:
+        if self._active:
             storage = tensor.untyped_storage()
             key = storage._cdata
-            if key not in self._param_storage and key not in self._seen_storage:
+            if key in self._param_storage:
+                if key in self._lora_weights:
+                    self._weights_saved.add(self._lora_weights[key])
+            elif self._stack and key not in self._seen_storage:
                 self._seen_storage.add(key)
                 self._calls[self._stack[-1]][_SAVED] += storage.nbytes()
         return tensor
@@ -302,7 +361,10 @@ class Tracer:
                          param_times=[(idx, ns(t)) for idx, t in self._param_times],
                          clock="cuda events" if self._cuda else "perf_counter_ns", failed_in=self.failed_in,
                          steps=self._watcher.facts() if self._watcher is not None else None,
-                         labels_all_masked=self.labels_all_masked, origin_unix_ns=self._origin_unix_ns)
+                         supervised_tokens=[int(n) for t in self._supervised for n in t.tolist()]
+                         if self._supervised else None,
+                         grad_off=dict(self._grad_off), weights_saved=frozenset(self._weights_saved),
+                         compiled=self.compiled, origin_unix_ns=self._origin_unix_ns)
 
     # -- conveniences: the roll-ups of rollup.py on what this tracer collected ----------------------------
     def calls(self) -> list[CallRecord]:
@@ -364,8 +426,16 @@ class Collected:
     clock: str
     failed_in: str | None
     steps: dict | None = None  # (LoRA path, adapter) -> steps.StepFacts, with an optimizer
-    labels_all_masked: bool = False  # the root call's labels were all -100
+    supervised_tokens: list | None = None  # per sample of the root calls given labels: labels that are not -100
+    grad_off: dict = field(default_factory=dict)  # call id -> how autograd was off (its caller had it on)
+    weights_saved: frozenset = frozenset()  # LoRA layer paths whose base weight autograd saved
+    compiled: bool = False  # a torch.compile'd model, traced eagerly
     origin_unix_ns: int = 0  # the wall clock when the tracer was entered (times are ns since then)
+
+    @property
+    def labels_all_masked(self) -> bool:
+        """Labels reached the model and every one is -100: the loss supervises nothing."""
+        return bool(self.supervised_tokens) and not any(self.supervised_tokens)
 
 
 def _unpack(tensor):

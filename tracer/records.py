@@ -169,6 +169,8 @@ class RunRecord:
     lora_summary: dict | None = None  # {component: {status: count}}
     lora_trajectory: dict | None = None  # "path|adapter" -> per step: grad norms A/B, update ratios A/B
     saved_modules: tuple | None = None  # PEFT modules_to_save copies: {"path", "adapter", "status", …}
+    notes: tuple = ()  # one-line facts on the traced pass the user must read (run_notes.py)
+    labels: dict | None = None  # when labels reached the model: {"supervised_tokens", "masked_samples"}
     calls: tuple | None = None  # CallRecord, kept for the Chrome trace only (not in the JSON)
     origin_unix_ns: int = field(default=0, compare=False)  # wall clock at the traced pass's start (Chrome traces; not in the JSON)
 
@@ -206,6 +208,9 @@ class RunRecord:
             d["lora_trajectory"] = self.lora_trajectory
         if self.saved_modules:
             d["saved_modules"] = list(self.saved_modules)
+        if self.labels is not None:
+            d["labels"] = self.labels
+        d["notes"] = list(self.notes)
         return d
 
 

@@ -118,6 +118,11 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
             if m["status"] != "ok":
                 out.append(f"  modules_to_save {short(m['path'])} ({m['adapter']}): {m['status']} under {name} - "
                            f"{m['cause']}" + (f"; fix: {m['hint']}" if m["hint"] else ""))
+    notes = {}
+    for name, run in runs.items():
+        for note in run.notes:
+            notes.setdefault(note, []).append(name)
+    out += [f"  ! {note} (under {', '.join(names)})" for note, names in notes.items()]
     if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")

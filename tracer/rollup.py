@@ -135,6 +135,32 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
 
 
 @dataclass(frozen=True)
+class AutogradOff:
+    """Where autograd was switched off above a module that ran without it: ``boundary``, the outermost call
+    without autograd; ``caller``, the module whose forward called it (None: the user's code); ``how``:
+    ``no_grad``, ``inference_mode`` or ``function:NAME`` (an autograd Function ran it: a reentrant checkpoint)."""
+    boundary: str
+    caller: str | None
+    how: str
+
+
+def autograd_off(collected: Collected) -> dict:
+    """path -> AutogradOff for every module whose first call ran with autograd off (checkpoint replays left out)."""
+    calls, paths, out = collected.calls, collected.paths, {}
+    for cid, c in enumerate(calls):
+        path = paths[c[_IDX]]
+        if c[_GRAD] or c[_RECOMPUTE] or path in out:
+            continue
+        top = cid
+        while top not in collected.grad_off and calls[top][_PARENT] >= 0:
+            top = calls[top][_PARENT]
+        parent = calls[top][_PARENT]
+        out[path] = AutogradOff(paths[calls[top][_IDX]], paths[calls[parent][_IDX]] if parent >= 0 else None,
+                                collected.grad_off.get(top, "no_grad"))
+    return out
+
+
+@dataclass(frozen=True)
 class RunFacts:
     """What one traced pass shows, rolled up: the part of a run record the Tracer can know."""
     calls: tuple  # CallRecord
@@ -148,6 +174,8 @@ class RunFacts:
     lora_summary: dict | None = None
     saved_modules: tuple | None = None  # PEFT modules_to_save copies (diagnosis.saved_modules)
     origin_unix_ns: int = 0  # wall clock at the traced pass's start (lines ranks up in Chrome traces)
+    notes: tuple = ()  # one-line facts the user must read (run_notes.py)
+    labels: dict | None = None  # when labels reached the model: {"supervised_tokens", "masked_samples"}
 
     def to_dict(self) -> dict:
         run = {"modules": [m.to_dict() for m in self.modules], "never_called": list(self.never_called),
@@ -158,6 +186,9 @@ class RunFacts:
             run["lora_summary"] = self.lora_summary
         if self.saved_modules:
             run["saved_modules"] = list(self.saved_modules)
+        if self.labels is not None:
+            run["labels"] = self.labels
+        run["notes"] = list(self.notes)
         return run
 
 
@@ -175,7 +206,7 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
                      total_forward_ms=sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
                      total_backward_ms=(max(ends) - min(starts)) / 1e6 if starts and ends else None,
                      clock=collected.clock, failed_in=collected.failed_in,
-                     origin_unix_ns=collected.origin_unix_ns)
+                     origin_unix_ns=collected.origin_unix_ns, labels=labels_of(collected))
     if model is not None:
         from .diagnosis import diagnose, lora_layers, saved_modules, summarize
         saved = saved_modules(model, records)
@@ -186,9 +217,20 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
                 from .discovery import static_report
                 component_of = static_report(model).component_of
             lora = diagnose(model, records, calls, component_of, steps=collected.steps,
-                            labels_masked=collected.labels_all_masked)
+                            labels_masked=collected.labels_all_masked, autograd_off=autograd_off(collected),
+                            weights_saved=collected.weights_saved)
             facts = replace(facts, lora=tuple(lora), lora_summary=summarize(lora))
-    return facts
+    from .run_notes import run_notes
+    return replace(facts, notes=tuple(run_notes(collected, facts, model, component_of)))
+
+
+def labels_of(collected: Collected) -> dict | None:
+    """What the loss supervises, when labels reached the model: per sample the tokens whose label is not
+    -100, and the samples with none (completion-only masking plus truncation: trl#6668)."""
+    if collected.supervised_tokens is None:
+        return None
+    counts = collected.supervised_tokens
+    return {"supervised_tokens": list(counts), "masked_samples": [i for i, n in enumerate(counts) if n == 0]}
 
 
 def run_record(collected: Collected, model=None, component_of: dict | None = None) -> dict:

@@ -42,13 +42,14 @@ def run_from_dict(d: dict) -> RunRecord:
     if d["status"] != "ok":
         return RunRecord(d["status"], reason=d.get("reason"), failed_in=d.get("failed_in"))
     values = {k: v for k, v in d.items() if k not in ("latency_ms", "backward_ms", "stages", "modules", "lora",
-                                                      "never_called", "saved_modules")}
+                                                      "never_called", "saved_modules", "notes")}
     return RunRecord(
         **values, latency_ms=Timing(**d["latency_ms"]), backward_ms=Timing(**d["backward_ms"]),
         stages={c: StageRecord(**s) for c, s in d["stages"].items()},
         modules=tuple(module_from_dict(m) for m in d["modules"]), never_called=tuple(d["never_called"]),
         lora=tuple(LoraLayerRecord(**r) for r in d["lora"]) if d.get("lora") is not None else None,
-        saved_modules=tuple(d["saved_modules"]) if d.get("saved_modules") else None)
+        saved_modules=tuple(d["saved_modules"]) if d.get("saved_modules") else None,
+        notes=tuple(d.get("notes", ())))
 
 
 def read_record(path: str, label: str) -> dict:

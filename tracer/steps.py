@@ -28,6 +28,10 @@ class StepFacts:
     grad_norm_B: float | None
     update_ratio_A: float | None  # ||dA|| / ||A||
     update_ratio_B: float | None  # ||dB|| / ||B||, or against ||A|| x scale while B was still zero
+    # DoRA's magnitude vector, when the layer has a trainable one (None otherwise)
+    magnitude_in_optimizer: bool | None = None
+    magnitude_lr: float | None = None
+    magnitude_stepped: bool | None = None  # the last step changed it
 
 
 def _sumsq(t) -> float | None:
@@ -45,6 +49,7 @@ class StepWatcher:
         self.optimizer = optimizer
         self.layers = [(path, adapter, a, b, layer) for path, layer in lora_layers(model)
                        for adapter, a, b in lora_params(layer)]
+        self.magnitudes = [_magnitude(layer, adapter) for _, adapter, _, _, layer in self.layers]
         self.sharded = any(is_sharded(p) for _, _, a, b, _ in self.layers for p in (a, b))
         self.steps = 0
         self._before: dict = {}
@@ -90,25 +95,30 @@ class StepWatcher:
         groups = self._groups()
         grads = self._over_ranks(self._grad_sumsqs())
         self._before = {}
-        for (path, adapter, a, b, layer), (grad_a, grad_b) in zip(self.layers, grads):
+        for (path, adapter, a, b, layer), mag, (grad_a, grad_b) in zip(self.layers, self.magnitudes, grads):
             self._before[(path, adapter)] = (a.detach().clone(), b.detach().clone(), grad_a, grad_b,
                                              id(a) in groups and id(b) in groups,
-                                             groups.get(id(b), groups.get(id(a))), float(layer.scaling[adapter]))
+                                             groups.get(id(b), groups.get(id(a))), float(layer.scaling[adapter]),
+                                             None if mag is None else mag.detach().clone(),
+                                             None if mag is None else id(mag) in groups, groups.get(id(mag)))
 
     def _post(self, optimizer, args, kwargs) -> None:
         self.steps += 1
         sums = []
-        for path, adapter, a, b, _ in self.layers:
+        for (path, adapter, a, b, _), mag in zip(self.layers, self.magnitudes):
             a_old, b_old = self._before[(path, adapter)][:2]
+            mag_old = self._before[(path, adapter)][7]
             a, b = a.detach(), b.detach()
-            sums.append((_sumsq(a - a_old), _sumsq(b - b_old), _sumsq(a_old), _sumsq(b_old)))
-        for (path, adapter, *_), (da, db, norm_a, norm_b) in zip(self.layers, self._over_ranks(sums)):
-            _, _, grad_a, grad_b, in_opt, lr, scale = self._before[(path, adapter)]
+            sums.append((_sumsq(a - a_old), _sumsq(b - b_old), _sumsq(a_old), _sumsq(b_old),
+                         None if mag is None else _sumsq(mag.detach() - mag_old)))
+        for (path, adapter, *_), (da, db, norm_a, norm_b, dm) in zip(self.layers, self._over_ranks(sums)):
+            _, _, grad_a, grad_b, in_opt, lr, scale, _, mag_in_opt, mag_lr = self._before[(path, adapter)]
             ratio_a = da / norm_a if norm_a else None
             # a fresh lora_B is zero: measure its step against what it multiplies, ||A|| x scale
             ratio_b = db / norm_b if norm_b else (db / (norm_a * scale) if norm_a and scale else None)
             self._last[(path, adapter)] = StepFacts(in_opt, lr, self.steps, bool(da or db), grad_a, grad_b,
-                                                    ratio_a, ratio_b)
+                                                    ratio_a, ratio_b, mag_in_opt, mag_lr,
+                                                    None if dm is None else bool(dm))
 
     def facts(self) -> dict:
         """(path, adapter) -> StepFacts; with no step seen, every layer's membership and lr as they stand (a
@@ -118,7 +128,17 @@ class StepWatcher:
         groups = self._groups()
         grads = self._over_ranks(self._grad_sumsqs())
         out = {}
-        for (path, adapter, a, b, _), (grad_a, grad_b) in zip(self.layers, grads):
+        for (path, adapter, a, b, _), mag, (grad_a, grad_b) in zip(self.layers, self.magnitudes, grads):
             out[(path, adapter)] = StepFacts(id(a) in groups and id(b) in groups, groups.get(id(b), groups.get(id(a))),
-                                             0, False, grad_a, grad_b, None, None)
+                                             0, False, grad_a, grad_b, None, None,
+                                             None if mag is None else id(mag) in groups, groups.get(id(mag)))
         return out
+
+
+def _magnitude(layer, adapter: str):
+    """A DoRA layer's trainable magnitude vector for ``adapter`` (peft keeps it in ``lora_magnitude_vector``)."""
+    vectors = getattr(layer, "lora_magnitude_vector", None)
+    if vectors is None or adapter not in vectors:
+        return None
+    weight = vectors[adapter].weight
+    return weight if weight.requires_grad else None

@@ -135,7 +135,8 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         stages=stages, modules=modules, never_called=facts.never_called,
         total_forward_ms=facts.total_forward_ms, total_backward_ms=facts.total_backward_ms, clock=facts.clock,
         failed_in=facts.failed_in, lora=facts.lora, lora_summary=facts.lora_summary,
-        lora_trajectory=trajectory, saved_modules=facts.saved_modules, calls=calls if options.keep_calls else None,
+        lora_trajectory=trajectory, saved_modules=facts.saved_modules, notes=facts.notes, labels=facts.labels,
+        calls=calls if options.keep_calls else None,
         origin_unix_ns=facts.origin_unix_ns)
 
 

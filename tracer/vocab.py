@@ -12,7 +12,7 @@ COMPONENTS = ("audio_encoder", "projector", "language_model", "head", "other")
 RUN_OK, RUN_FAILED, RUN_NOT_APPLICABLE = "ok", "failed", "not_applicable"
 
 # a LoRA layer after a traced backward (diagnosis.py gives each its cause and fix)
-LORA_STATUSES = ("ok", "zero_init", "not_executed", "frozen", "no_grad_mode", "off_loss_path", "disabled",
+LORA_STATUSES = ("ok", "zero_init", "not_executed", "bypassed", "frozen", "no_grad_mode", "off_loss_path", "disabled",
                  "zero_grad", "nonfinite", "loss_masked", "not_in_optimizer", "not_updated")
 
 # a claim of the static report checked against what ran (confirmation.py)
