@@ -79,6 +79,16 @@ CASES = [
     ("diff-missing", ["diff", "{t}/missing.json", "{t}/missing.json"], "diff: {t}/missing.json: no such file"),
     ("diff-static-record", ["diff", "{t}/static.json", "{t}/static.json"], "not a tracer record with runs"),
     ("diff-one-strategy", ["diff", "{t}/static.json:audio_tower", "{t}/static.json"], "name a strategy on both sides"),
+    # audit
+    ("audit-missing", ["audit", "{t}/missing"], "audit {t}/missing: no such directory"),
+    ("audit-not-adapter", ["audit", "{t}/empty"], "audit {t}/empty: no adapter_config.json there"),
+    ("audit-no-weights", ["audit", "{t}/noweights"],
+     "audit {t}/noweights: no adapter_model.safetensors or adapter_model.bin there"),
+    ("audit-unreadable-weights", ["audit", "{t}/badweights"],
+     "audit {t}/badweights: unreadable weights in adapter_model.safetensors"),
+    ("audit-json-is-directory", ["audit", "{t}/other", "--json", "{t}"], "--json {t}: is a directory"),
+    ("audit-clip-missing", ["audit", "{t}/other", "--clip", "{t}/missing.wav"], "{t}/missing.wav: no such file"),
+    ("audit-no-dir", ["audit"], "the following arguments are required: ADAPTER_DIR"),
 ]
 
 
@@ -121,6 +131,10 @@ def bad(tmp_path_factory):
     models.text_only_lm(tied=False).config.save_pretrained(t / "textcfg")
     other = get_peft_model(models.text_only_lm(tied=False), LoraConfig(r=2, target_modules=["gate_proj"]))
     other.save_pretrained(t / "other")
+    for name in ("noweights", "badweights"):
+        (t / name).mkdir()
+        (t / name / "adapter_config.json").write_text((t / "other" / "adapter_config.json").read_text())
+    (t / "badweights" / "adapter_model.safetensors").write_bytes(b"\x08not a safetensors header")
     return t
 
 

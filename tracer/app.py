@@ -76,7 +76,7 @@ class TextReport:
                 tokens = report.inputs.accounting.audio_tokens if report.inputs.audio_in_lm else None
                 out.emit(render_comparison(report.runs, report.comparison, tokens))
             if report.lora_diagnosis is not None:
-                out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis))
+                out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis, report.lora_setup))
             out.emit(render_confirmation(report.verdicts, runs=report.runs))
             if report.distributed and report.distributed.get("strategies"):
                 from .report_runtime import render_ranks

@@ -25,9 +25,19 @@ examples:
   bin/trace my.flac --model Qwen/Qwen2-Audio-7B-Instruct --device cuda
   bin/trace --config samples/qwen2-audio-7b.json --static-only --json out.json
   bin/trace diff out.json:audio_tower out.json:full_forward
+  bin/trace audit out/adapter [--model BASE] [--json audit.json]   (a saved LoRA adapter checked)
   torchrun --nproc_per_node 2 bin/trace samples/sample.wav [--fsdp]
 
-exit codes: 0 ok, 2 bad input or usage, 3 a strategy failed (the rest reported), 1 unexpected"""
+exit codes: 0 ok, 2 bad input or usage, 3 a strategy failed (the rest reported), 1 unexpected
+(audit: 1 when the adapter has a fault)"""
+
+
+AUDIT_DESCRIPTION = """\
+Check a saved PEFT LoRA adapter against its base model without training. Faults:
+  untrained        every lora_B in the file is zero (saved before any optimizer step)
+  missing_weights  layers the config targets with no weights in the file (PEFT keeps their initial values)
+  no_match         weights in the file that fit no module of the base (wrong base, renamed keys)
+  no_effect        on the clip, the adapted model's logits equal the base's"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,11 +128,30 @@ def build_diff_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_audit_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="trace audit", description=AUDIT_DESCRIPTION,
+                epilog="examples:\n  bin/trace audit out/adapter\n"
+                       "  bin/trace audit out/adapter --model Qwen/Qwen2-Audio-7B-Instruct --clip my.flac --json a.json"
+                       "\n\nexit codes: 0 clean, 1 a fault found, 2 bad input or usage",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("adapter", metavar="ADAPTER_DIR", help="what save_pretrained wrote (adapter_config.json, weights)")
+    p.add_argument("--model", metavar="ID_OR_DIR", help="the base model (default: the adapter's "
+                                                        "base_model_name_or_path; the built-in tiny Qwen2-Audio "
+                                                        "when it names none)")
+    p.add_argument("--clip", help="audio file the output change is measured on (default: samples/sample.wav)")
+    p.add_argument("--json", metavar="FILE", help="write the faults as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["diff"]:
         args = build_diff_parser().parse_args(argv[1:])
         return _guarded(args, lambda: _diff(args))
+    if argv[:1] == ["audit"]:
+        args = build_audit_parser().parse_args(argv[1:])
+        return _guarded(args, lambda: _audit(args))
     args = build_parser().parse_args(argv)
     return _guarded(args, lambda: _job(args))
 
@@ -144,6 +173,31 @@ def _diff(args) -> int:
         write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str)))
         print(f"wrote {args.json}")
     return 0
+
+
+def _audit(args) -> int:
+    from .audit import read_adapter_config
+    read_adapter_config(args.adapter)  # the cheap checks first: no model loaded for a wrong directory
+    if args.json:
+        from .loading import check_output_path
+        check_output_path(args.json, "--json")
+    if args.clip:
+        from .audio import check_clip_args
+        check_clip_args(args.clip, 0.0, None)
+    from .audit import audit_adapter, render_audit
+    from .errors import EXIT_FAULTS, EXIT_OK
+    result = audit_adapter(args.adapter, model=args.model, clip=args.clip,
+                           progress=lambda text: print(text, file=sys.stderr, flush=True))
+    print(render_audit(result))
+    if args.json:
+        import json
+        from pathlib import Path
+
+        from .exporters import write_atomic
+        text = json.dumps(result.to_dict(), indent=1)
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+        print(f"wrote {args.json}")
+    return EXIT_FAULTS if result.faults else EXIT_OK
 
 
 def _job(args) -> int:

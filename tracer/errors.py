@@ -4,6 +4,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
 EXIT_STRATEGY_FAILED = 3
+EXIT_FAULTS = 1  # bin/trace audit: the adapter has a fault (the same code as unexpected errors)
 
 
 class TracerError(Exception):

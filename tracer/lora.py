@@ -34,8 +34,10 @@ def parse_targets(spec: str, report: StaticReport):
 
 def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 8, config_file: str | None = None,
                 adapter_dir: str | None = None):
-    """Wrap ``model`` with peft; returns ``(peft_model, setup)`` where setup describes what was attached."""
+    """Wrap ``model`` with peft; returns ``(peft_model, setup)`` where setup describes what was attached (with
+    an adapter directory, ``setup.notes`` has the faults of its file: see audit.audit_notes)."""
     from peft import LoraConfig, PeftModel, get_peft_model
+    notes: list[str] = []
     if adapter_dir:
         directory = Path(adapter_dir)
         if not (directory / "adapter_config.json").is_file():
@@ -47,6 +49,8 @@ def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 
         except Exception as e:  # noqa: BLE001 - peft raises many types for "does not fit this model"
             raise TracerError(f"--adapter {adapter_dir}: does not fit this model ({first_line(e)})") from None
         _check_adapter_loaded(adapter_dir, wrapped, caught)
+        from .audit import audit_notes
+        notes = audit_notes(adapter_dir, wrapped)  # untrained, missing_weights, no_match: what PEFT keeps quiet
         config = wrapped.peft_config[wrapped.active_adapter]
         source = f"adapter {adapter_dir}"
     else:
@@ -66,25 +70,23 @@ def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 
     layers = sum(1 for n, _ in wrapped.named_modules() if n.endswith(".lora_A"))
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     return wrapped, LoraSetup(source, _show(config.target_modules), config.r, bool(getattr(config, "use_dora", False)),
-                              layers, trainable)
+                              layers, trainable, notes)
 
 
 def _check_adapter_loaded(adapter_dir: str, wrapped, caught) -> None:
-    """peft only warns when an adapter's weights name layers this model lacks: refuse when none loaded."""
+    """peft only warns when an adapter's weights name layers this model lacks: refuse when none loaded. Some
+    missing become a ``missing_weights`` note (audit_notes), so peft's warning is not repeated."""
     missing = [w for w in caught if "missing adapter keys" in str(w.message)]
-    if not missing:
-        for w in caught:
+    if missing:
+        lora_params = [n for n, _ in wrapped.named_parameters() if ".lora_" in n]
+        if all(n in str(missing[0].message) for n in lora_params):
+            base = wrapped.peft_config[wrapped.active_adapter].auto_mapping or {}
+            made_for = f" (made for {base['base_model_class']})" if base.get("base_model_class") else ""
+            raise TracerError(f"--adapter {adapter_dir}: does not fit this model: none of its weights match "
+                              f"a layer here{made_for}")
+    for w in caught:
+        if w not in missing:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return
-    lora_params = [n for n, _ in wrapped.named_parameters() if ".lora_" in n]
-    text = str(missing[0].message)
-    if all(n in text for n in lora_params):
-        base = wrapped.peft_config[wrapped.active_adapter].auto_mapping or {}
-        made_for = f" (made for {base['base_model_class']})" if base.get("base_model_class") else ""
-        raise TracerError(f"--adapter {adapter_dir}: does not fit this model: none of its weights match "
-                          f"a layer here{made_for}")
-    warnings.warn(f"--adapter {adapter_dir}: some LoRA weights were not in the adapter and keep their "
-                  "initial values", stacklevel=2)
 
 
 def _config_from_file(path: str, config_cls):

@@ -243,6 +243,7 @@ class LoraSetup(_Fields):
     use_dora: bool
     layers: int
     trainable_params: int
+    notes: list = field(default_factory=list)  # an --adapter file's faults, one line each (audit.audit_notes)
 
 
 @dataclass(frozen=True)

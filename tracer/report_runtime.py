@@ -88,7 +88,8 @@ def render_comparison(runs: dict, comparison, audio_tokens) -> Section:
 def render_lora_setup(setup) -> Section:
     return Section("LORA", f"{setup.layers} LoRA layers, r={setup.r}{' (DoRA)' if setup.use_dora else ''}, "
                            f"target_modules {setup.target_modules} from {setup.source}; "
-                           f"{setup.trainable_params:,} trainable parameters")
+                           f"{setup.trainable_params:,} trainable parameters",
+                   "\n".join(f"  ! {note}" for note in setup.notes))
 
 
 def _no_run(runs: dict) -> str:
@@ -96,7 +97,7 @@ def _no_run(runs: dict) -> str:
     return ", ".join(f"{n} {r.status}" for n, r in runs.items() if not r.ok) or "no strategy ran"
 
 
-def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
+def render_lora_diagnosis(runs: dict, diagnosis, setup=None) -> Section:
     from .diagnosis import STATUSES
     counts = []
     for name, run in runs.items():
@@ -123,7 +124,11 @@ def render_lora_diagnosis(runs: dict, diagnosis) -> Section:
         for note in run.notes:
             notes.setdefault(note, []).append(name)
     out += [f"  ! {note} (under {', '.join(names)})" for note, names in notes.items()]
-    if any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
+    untrained = any(note.startswith("untrained") for note in getattr(setup, "notes", ()))
+    if untrained and any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
+        out.append("  ! zero_init here is not a fresh adapter's: the loaded adapter's lora_B are all zero, it was "
+                   "saved untrained (see [LORA])")
+    elif any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")
     for group in getattr(diagnosis, "not_targeted", ()):
