@@ -1,5 +1,7 @@
 """TracerCallback in a real transformers.Trainer: the built-in tiny Qwen2-Audio with LoRA, a few clips'
 worth of batches, gradient accumulation 2, CPU, offline."""
+import logging
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -8,6 +10,8 @@ from test_strategies_support import tiny_inputs
 from transformers import Trainer, TrainingArguments
 
 from tracer.callback import TracerCallback
+
+LOGGED: list = []  # the callback's log records during the `trained` fixture's run
 
 
 class Clips(torch.utils.data.Dataset):
@@ -56,7 +60,13 @@ def trained(tmp_path_factory):
                              max_steps=3, learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
                              logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=Clips(fulls * 3), callbacks=[callback])
-    trainer.train()
+    logger, handler = logging.getLogger("tracer.callback"), logging.Handler()
+    handler.emit = LOGGED.append
+    logger.addHandler(handler)
+    try:
+        trainer.train()
+    finally:
+        logger.removeHandler(handler)
     handle.remove()
     return model, trainer, callback, accumulated, out
 
@@ -86,11 +96,48 @@ def test_results_are_written_per_step(trained):
     written = sorted(p.name for p in (out / "traces").iterdir())
     assert written == ["trace-step1.json", "trace-step1.md", "trace-step2.json", "trace-step2.md"]
     md = (out / "traces" / "trace-step2.md").read_text()
-    assert md.startswith("# tracer: training step 2\n\n## Step 2: audio_encoder: 2 ok, language_model: 2 ok")
+    assert md.startswith("# tracer: training step 2\n\n## Step 2: LEARNING: every LoRA layer that runs gets a "
+                         "gradient (4 of 4 under step 2)")
+    assert "statuses: audio_encoder: 2 ok, language_model: 2 ok" in md
     import re
     assert re.search(r"\nmodel\.audio_tower\.layers\.0\.self_attn\.q_proj +ok +", md)
     data = json.loads((out / "traces" / "trace-step2.json").read_text())
     assert data["lora_summary"] == callback.results[2]["lora_summary"]
+
+
+def test_each_traced_step_speaks_at_warning_level(trained):
+    """What reaches the console: a WARNING block per traced step, the verdict first."""
+    blocks = [r.getMessage() for r in LOGGED if r.levelname == "WARNING"]
+    assert len(blocks) == 2 and blocks[0].startswith("\n[STEP 1] LEARNING: every LoRA layer")
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_a_crashing_step_is_explained_and_leaves_no_hook(tmp_path, caplog):
+    """Reentrant checkpointing enabled after get_peft_model, no enable_input_require_grads (peft#1142): the
+    first backward raises. The callback explains it at WARNING before the error, and no hook stays."""
+    loaded, inputs = tiny_inputs()
+    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    base = model.base_model.model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    base.disable_input_require_grads()
+    callback = TracerCallback(steps=(1,), output_dir=str(tmp_path / "traces"))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=1,
+                             report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Clips([inputs.full]), callbacks=[callback])
+    with caplog.at_level("WARNING", logger="tracer.callback"), \
+            pytest.raises(RuntimeError, match="does not require grad"):
+        trainer.train()
+    assert hook_counts(model) == 0 and tracer_hooks(model) == []
+    run = callback.results[1]
+    assert "no grad_fn" in run["fault"]
+    statuses = {r["path"].removeprefix("base_model.model."): r for r in run["lora"]}
+    layer = statuses["model.language_model.layers.0.self_attn.q_proj"]
+    assert layer["status"] == "no_grad_mode" and "reentrant checkpoint" in layer["cause"]
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "NOT LEARNING" in logged and "reentrant checkpoint" in logged and "use_reentrant" in logged
+    assert "this step cannot succeed" in logged
+    assert (tmp_path / "traces" / "trace-step1.md").read_text().count("reentrant checkpoint") >= 1
 
 
 def test_trl_sft_trainer_step_is_traced(tmp_path):

@@ -81,6 +81,10 @@ class TextReport:
             if report.distributed and report.distributed.get("strategies"):
                 from .report_runtime import render_ranks
                 out.emit(render_ranks(report.distributed))
+            if report.lora_diagnosis is not None:
+                # NB: last on the terminal, the lines a user sees when the run ends; first in the Markdown
+                from .report_runtime import render_verdict
+                out.emit(render_verdict(report.runs))
 
 
 def launched_by_torchrun() -> bool:
@@ -146,7 +150,8 @@ def _write_outputs(args, report, out: Output, rank: int = 0) -> None:
         plot(report.runs, args.plot)
         out.wrote(args.plot)
     if args.markdown:
-        text = markdown(out.parts, f"tracer report: {report.model_name}")
+        verdict = [p for p in out.parts if getattr(p, "tag", None) == "VERDICT"]
+        text = markdown(verdict + [p for p in out.parts if p not in verdict], f"tracer report: {report.model_name}")
         write_atomic(args.markdown, lambda tmp: Path(tmp).write_text(text + "\n"))
         out.wrote(args.markdown)
     if args.json:

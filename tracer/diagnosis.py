@@ -220,19 +220,23 @@ def summarize(records: list[LoraLayerRecord]) -> dict:
     return summary
 
 
-def dead_groups(records: list[LoraLayerRecord]) -> list[dict]:
-    """Layers without a gradient, grouped: ``…layers.0-31.self_attn.{q,k,v,o}_proj`` (128)."""
+def dead_groups(records: list[LoraLayerRecord], strategy: str | None = None) -> list[dict]:
+    """Layers without a gradient, grouped: ``…layers.0-31.self_attn.{q,k,v,o}_proj`` (128). ``by_design``:
+    the strategy never runs them (the LM under audio_tower), a fact of the strategy, not a fault."""
+    from .verdict import by_design
     by_status: dict = {}
     for r in records:
         if r.status not in ("ok", "zero_init"):
-            by_status.setdefault(r.status, []).append(r)
-    return [{"pattern": pattern, "status": status, "count": count, "cause": rs[0].cause, "hint": rs[0].hint}
-            for status, rs in by_status.items() for pattern, count in collapse_paths(dict.fromkeys(r.path for r in rs))]
+            by_status.setdefault((r.status, by_design(strategy, r)), []).append(r)
+    return [{"pattern": pattern, "status": status, "count": count, "cause": rs[0].cause, "hint": rs[0].hint,
+             "by_design": design}
+            for (status, design), rs in by_status.items()
+            for pattern, count in collapse_paths(dict.fromkeys(r.path for r in rs))]
 
 
-def dead_groups_of(run) -> list[dict]:
-    """dead_groups() of a RunRecord's LoRA layers."""
-    return dead_groups(list(run.lora or ()))
+def dead_groups_of(run, strategy: str | None = None) -> list[dict]:
+    """dead_groups() of a RunRecord's LoRA layers (``strategy``: its name, to tell by-design ones)."""
+    return dead_groups(list(run.lora or ()), strategy)
 
 
 def trajectory_flags(trajectory: dict | None) -> list[dict]:

@@ -89,6 +89,18 @@ def _autograd_off_how() -> str:
     return "no_grad"
 
 
+def _step_fault(output, grad_enabled: bool) -> str | None:
+    """Why a top-level call's step cannot succeed, or None: it raised, or its loss cannot be backpropagated."""
+    error = sys.exc_info()[1]
+    if output is None and error is not None:
+        return f"the forward raised {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+    if grad_enabled and isinstance(loss, torch.Tensor) and loss.grad_fn is None and not loss.requires_grad:
+        return ("the loss has no grad_fn although autograd is on: nothing trainable took part in it, so its "
+                "backward raises 'element 0 of tensors does not require grad'")
+    return None
+
+
 def _compiled_model(modules: list) -> bool:
     """A root compiled with torch.compile(model), a compiled submodule, or module.compile()."""
     if "torch._dynamo" not in sys.modules:  # nothing can have been compiled
@@ -115,6 +127,10 @@ class Tracer:
         component_of: module path -> component, from the static report (computed when needed if None).
         optimizer: run ``opt.step()`` inside the block too: each LoRA layer's record then says whether it is
             in a param group, its lr, whether the step moved it and by how much (steps.py).
+        on_fault: called as ``on_fault(tracer, reason)`` when a top-level call dooms the step: it raised, or
+            it returned a ``loss`` with no ``grad_fn`` while autograd was on (its backward will raise "element
+            0 of tensors does not require grad"). What was collected can be diagnosed then (``result()``),
+            before the error reaches the caller; the callback uses it to explain a crashing step.
 
     Example:
         >>> with Tracer(model) as tr:
@@ -124,8 +140,10 @@ class Tracer:
     """
 
     def __init__(self, model: nn.Module, *, grad_norms: bool = True, saved_tensors: bool = True,
-                 memory: bool = True, memory_source=None, component_of: dict | None = None, optimizer=None):
+                 memory: bool = True, memory_source=None, component_of: dict | None = None, optimizer=None,
+                 on_fault=None):
         self.model = model
+        self.on_fault = on_fault
         self.optimizer = optimizer
         self.memory = memory
         self.memory_source = memory_source
@@ -301,6 +319,11 @@ class Tracer:
             if self._stack:
                 parent = self._calls[self._stack[-1]]
                 parent[_PEAK] = max(parent[_PEAK] or 0, call[_PEAK])
+        # NB: a top-level call, once a pass; not a checkpoint's replay in backward, which stops itself by raising
+        if not self._stack and self.on_fault is not None and not call[_RECOMPUTE]:
+            fault = _step_fault(output, grad)
+            if fault is not None:
+                self.on_fault(self, fault)
         return None
 
     def _output_grad(self, consumers, grad):

@@ -145,12 +145,17 @@ def broken_ties(peft_model, base_report: StaticReport) -> list[dict]:
     return out
 
 
-def suggest_targets(report: StaticReport) -> dict:
-    """target_modules that attach LoRA only to what the chosen strategy runs: a list and a regex."""
+def suggest_targets(report: StaticReport, encoder_decoder: bool = False) -> dict:
+    """target_modules that attach LoRA only to what the chosen strategy runs: a list and a regex. For an
+    encoder-decoder (Whisper-style ASR, where fine-tunes train the decoder) never the encoder alone."""
     strategy = report.strategy
     names = list(strategy.lora_targets)
     alternatives = "|".join(names)
-    if strategy.chosen == "audio_tower" and report.audio_encoder is not None:
+    if encoder_decoder:
+        regex = rf".*\.({alternatives})"
+        note = ("an encoder-decoder: the decoder carries the same names and is what ASR fine-tunes train; keep it "
+                "targeted (audio_tower leaves it out by design)")
+    elif strategy.chosen == "audio_tower" and report.audio_encoder is not None:
         path = strip_peft_prefix(report.audio_encoder.path)
         regex = rf"{re.escape(path)}\..*\.({alternatives})"
         note = ("a plain list also matches same-named layers outside the audio encoder "

@@ -326,8 +326,9 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         explicit = options.lora_targets != "auto" or options.lora_config or options.adapter
         trace.lora_diagnosis = LoraDiagnosis(
             requested_gaps=tuple(requested_gaps(report, trace.lora_setup.target_modules)) if explicit else (),
-            suggested_target_modules=suggest_targets(report),
-            dead_groups={name: dead_groups_of(run) for name, run in trace.runs.items() if run.lora is not None},
+            suggested_target_modules=suggest_targets(report, encoder_decoder=not (trace.inputs is None
+                                                                                   or trace.inputs.audio_in_lm)),
+            dead_groups={name: dead_groups_of(run, name) for name, run in trace.runs.items() if run.lora is not None},
             trajectory_flags={name: trajectory_flags(run.lora_trajectory) for name, run in trace.runs.items()
                               if run.lora_trajectory is not None},
             not_targeted=tuple(not_targeted(trace.model, run_report.component_of)),

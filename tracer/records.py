@@ -120,6 +120,9 @@ class LoraLayerRecord(_Fields):
     update_ratio_B: float | None = None
 
 
+NOISY_SPREAD = 1.5  # repeats whose max exceeds min by more than this are too spread to compare
+
+
 @dataclass(frozen=True)
 class Timing(_Fields):
     """Untraced passes of one kind: their median, min and max in ms."""
@@ -127,6 +130,15 @@ class Timing(_Fields):
     min: float
     max: float
     runs: int
+
+    @property
+    def spread(self) -> float | None:
+        """max / min over the repeats (None with one run: nothing to judge)."""
+        return self.max / self.min if self.runs > 1 and self.min > 0 else None
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread is not None and self.spread > NOISY_SPREAD
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,13 @@ class RunRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def timing_noisy(self) -> bool:
+        """Its timings cannot carry a ratio: the repeats disagree, or the traced pass beat the untraced ones
+        (a busy machine; the tracer only adds work)."""
+        return bool(self.ok and (self.latency_ms.noisy or self.backward_ms.noisy or (
+            self.traced_over_untraced is not None and self.traced_over_untraced < 1)))
+
     def module(self, path: str) -> ModuleRecord | None:
         return next((m for m in self.modules if m.path == path), None)
 
@@ -195,6 +214,7 @@ class RunRecord:
              "peak_memory_bytes": self.peak_memory_bytes, "memory_kind": self.memory_kind,
              "memory_split": self.memory_split,
              "traced_ms": self.traced_ms, "traced_over_untraced": self.traced_over_untraced,
+             "timing_noisy": self.timing_noisy,
              "modules_executed": self.modules_executed, "modules_registered": self.modules_registered,
              "params_executed": self.params_executed,
              "stages": {c: s.to_dict() for c, s in self.stages.items()},

@@ -31,8 +31,7 @@ def render_run(name: str, run, top: int = 8, verbose: bool = False) -> Section:
     out = [f"  untraced: forward {lat.median:.2f} ms (min {lat.min:.2f}, max {lat.max:.2f}, "
            f"{lat.runs} runs), backward {bwd.median:.2f} ms (min {bwd.min:.2f}, max {bwd.max:.2f}); "
            f"peak memory {fmt_bytes(run.peak_memory_bytes)} ({run.memory_kind}){_split(run.memory_split)}",
-           f"  traced pass: {run.traced_ms:.2f} ms = {run.traced_over_untraced:.2f}× untraced "
-           f"(the tracer's own overhead); clock: {run.clock}",
+           _traced_line(run),
            f"  executed {run.modules_executed} of {run.modules_registered} modules, "
            f"{run.params_executed:,} parameters"]
     if run.note:
@@ -52,6 +51,18 @@ def render_run(name: str, run, top: int = 8, verbose: bool = False) -> Section:
     return Section(f"RUN {name}", f"loss {run.loss_kind} = {run.loss:.4g}", "\n".join(out))
 
 
+def _traced_line(run) -> str:
+    if not run.timing_noisy:
+        return (f"  traced pass: {run.traced_ms:.2f} ms = {run.traced_over_untraced:.2f}× untraced (the tracer's "
+                f"own overhead); clock: {run.clock}")
+    spreads = [f"{kind} max/min {t.spread:.2f}×" for kind, t in (("forward", run.latency_ms),
+                                                                   ("backward", run.backward_ms)) if t.noisy]
+    if run.traced_over_untraced is not None and run.traced_over_untraced < 1:
+        spreads.append(f"the traced pass took {run.traced_over_untraced:.2f}× the untraced one")
+    return (f"  traced pass: {run.traced_ms:.2f} ms; NOISY timings ({', '.join(spreads)}): no overhead figure from "
+            f"them; rerun on an idle machine or with more --repeats; clock: {run.clock}")
+
+
 def _split(split: dict | None) -> str:
     if not split:
         return ""
@@ -65,12 +76,16 @@ def render_comparison(runs: dict, comparison, audio_tokens) -> Section:
         return Section("COMPARISON", "needs both strategies to succeed: " + ", ".join(
             f"{n} {r.status}" for n, r in runs.items()))
 
-    def row(label, get, fmt, ratio):
-        return [label, fmt(get(tower)), fmt(get(full)), "-" if ratio is None else f"{ratio:.2f}×"]
+    def row(label, get, fmt, ratio, timed=False):
+        noisy = timed and (tower.timing_noisy or full.timing_noisy)
+        shown = "-" if ratio is None else f"{ratio:.2f}×" + (" (noisy)" if noisy else "")
+        return [label, fmt(get(tower)), fmt(get(full)), shown]
 
     rows = [
-        row("forward ms (median)", lambda r: r.latency_ms.median, fmt_ms, comparison.latency_ratio_full_over_tower),
-        row("backward ms (median)", lambda r: r.backward_ms.median, fmt_ms, comparison.backward_ratio_full_over_tower),
+        row("forward ms (median)", lambda r: r.latency_ms.median, fmt_ms, comparison.latency_ratio_full_over_tower,
+            timed=True),
+        row("backward ms (median)", lambda r: r.backward_ms.median, fmt_ms, comparison.backward_ratio_full_over_tower,
+            timed=True),
         row("peak memory", lambda r: r.peak_memory_bytes, fmt_bytes, comparison.memory_ratio_full_over_tower),
         row("modules executed", lambda r: r.modules_executed, lambda v: f"{v} of {tower.modules_registered}",
             full.modules_executed / tower.modules_executed if tower.modules_executed else None),
@@ -111,6 +126,10 @@ def render_lora_diagnosis(runs: dict, diagnosis, setup=None) -> Section:
     out = [tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
     for name, groups in diagnosis.dead_groups.items():
         for g in groups:
+            if g.get("by_design"):
+                out.append(f"  {short(g['pattern'])}: not run under {name} ({g['count']}) - by design: that "
+                           "strategy runs the audio encoder alone")
+                continue
             out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
                        + (f"; fix: {g['hint']}" if g["hint"] else ""))
     out += _trajectory_lines(runs, diagnosis)
@@ -168,6 +187,14 @@ def _trajectory_lines(runs: dict, diagnosis) -> list:
             side = f" (lora_{f['side']})" if f["side"] else ""
             out.append(f"  ! {short(f['path'])}{side} {f['flag'].replace('_', ' ')} under {name}")
     return out
+
+
+def render_verdict(runs: dict) -> Section:
+    """The answer in a few lines: which LoRA layers learn, which do not and why (verdict.py)."""
+    from .verdict import verdict_lines
+    notes = list(dict.fromkeys(n for run in runs.values() for n in run.notes))
+    lines = verdict_lines({name: run.lora for name, run in runs.items() if run.ok and run.lora}, notes)
+    return Section("VERDICT", lines[0], "\n".join(lines[1:]))
 
 
 def render_confirmation(verdicts: list, runs: dict | None = None) -> Section:

@@ -42,7 +42,7 @@ def run_from_dict(d: dict) -> RunRecord:
     if d["status"] != "ok":
         return RunRecord(d["status"], reason=d.get("reason"), failed_in=d.get("failed_in"))
     values = {k: v for k, v in d.items() if k not in ("latency_ms", "backward_ms", "stages", "modules", "lora",
-                                                      "never_called", "saved_modules", "notes")}
+                                                      "never_called", "saved_modules", "notes", "timing_noisy")}
     return RunRecord(
         **values, latency_ms=Timing(**d["latency_ms"]), backward_ms=Timing(**d["backward_ms"]),
         stages={c: StageRecord(**s) for c, s in d["stages"].items()},
