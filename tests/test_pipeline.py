@@ -6,7 +6,7 @@ import models
 import pytest
 import torch
 
-from tracer import TraceOptions, trace_clip
+from tracer import TraceOptions, TracerError, trace_clip
 from tracer.cli import main
 
 FAST = TraceOptions(repeats=1, warmup=0)
@@ -129,3 +129,11 @@ def test_building_the_builtin_model_and_attaching_lora_leave_the_callers_rng_alo
     again = attach_lora(models.builtin_model(), static_report(model))[0]
     torch.testing.assert_close(a, next(p for n, p in again.named_parameters() if n.endswith("lora_A.default.weight")),
                                rtol=0, atol=0)
+
+
+def test_a_file_that_is_no_audio_fails_before_the_model_loads(tmp_path):
+    (tmp_path / "notes.wav").write_text("not audio\n" * 40)
+    events = []
+    with pytest.raises(TracerError, match="notes.wav: not a readable audio file"):
+        trace_clip(str(tmp_path / "notes.wav"), observer=lambda event, *_: events.append(event))
+    assert events == []  # not even the static report: the model was never loaded

@@ -118,13 +118,25 @@ def _resolve_model_dir(spec: str, progress=lambda text: None) -> tuple[Path, str
             raise TracerError(f"--model {spec}: not a directory (pass a checkpoint directory or a hub id)")
         return path, "dir"
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
-        raise TracerError(f"--model {spec}: no such directory")
+        raise TracerError(f"--model {spec}: no such directory{_named_near_miss(spec)}")
     from huggingface_hub import snapshot_download
     try:
         return Path(snapshot_download(repo_id=spec, local_files_only=True)), "hub"
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
+        # NB: `hf` is huggingface_hub's CLI now; its old `huggingface-cli` is gone from current installs
         raise TracerError(f"--model {spec}: not in the local Hugging Face cache, and this tool does not download; "
-                          f"run `huggingface-cli download {spec}` where the hub is reachable, or pass a directory") from None
+                          f"run `hf download {spec}` where the hub is reachable, or pass a directory") from None
+
+
+def _named_near_miss(spec: str) -> str:
+    """'; did you mean whisper-tiny.en?' for a bare name close to a named model's, else ''."""
+    import difflib
+
+    from .named import NAMES
+    if "/" in spec:
+        return ""
+    close = difflib.get_close_matches(spec.lower(), NAMES, n=1, cutoff=0.75)
+    return f", nor a named model; did you mean {close[0]}?" if close else ""
 
 
 def _load_config(path: Path, trust_remote_code: bool):
