@@ -97,3 +97,16 @@ def test_a_second_run_gives_the_same_lora_gradients(whisper_report, root):
     again = [(r.path, r.grad_norm_B) for r in report.runs["audio_tower"].lora]
     first = [(r["path"], r["grad_norm_B"]) for r in whisper_report["runs"]["audio_tower"]["lora"]]
     assert again == first
+
+
+@pytest.mark.parametrize("name", [WHISPER, QWEN2_AUDIO_WHISPER])
+def test_named_model_files_follow_the_umask(name):
+    """Every file of a built named model has a plain file's mode (model.safetensors came out 0600, written by
+    save_pretrained through a temp file), so a cache shared by a group stays readable."""
+    import stat
+    mask = os.umask(0)
+    os.umask(mask)
+    directory = model_dir(name)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~mask}, modes
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o777 & ~mask

@@ -70,6 +70,8 @@ def _build(target: Path, write, progress) -> Path:
         write(out)
         (out / MARKER).write_text(json.dumps({"name": target.name, "banner": BANNERS[target.name],
                                               "weights": str(source)}, indent=1) + "\n")
+        from .exporters import follow_umask
+        follow_umask(out)  # save_pretrained writes model.safetensors 0600 (a temp file renamed)
         if target.exists():  # a leftover without the marker (or another process finished first)
             if (target / MARKER).is_file():
                 return target
