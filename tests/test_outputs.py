@@ -132,3 +132,24 @@ def test_sections_headings_and_colour_only_on_verdicts():
     md = markdown(["note: hi", verdicts], "t")
     assert md == ("# t\n\n> note: hi\n\n## Confirmation: checked\n\n```\na  CONFIRMED\nb  REFUTED\n"
                   "  ! b (full_forward): fix it\n```")
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_a_written_directory_follows_the_umask(tmp_path, umask):
+    """follow_umask: what temp-file writers leave private (mkstemp 0600, mkdtemp 0700) gets a plain file's
+    and directory's modes."""
+    import os
+    import stat
+    import tempfile
+
+    from tracer.exporters import follow_umask
+    old = os.umask(umask)
+    try:
+        inner = tempfile.mkdtemp(dir=tmp_path)
+        fd, private = tempfile.mkstemp(dir=inner)
+        os.close(fd)
+        follow_umask(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(inner).st_mode) == stat.S_IMODE(tmp_path.stat().st_mode) == 0o777 & ~umask

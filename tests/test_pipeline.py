@@ -6,7 +6,7 @@ import models
 import pytest
 import torch
 
-from tracer import TraceOptions, trace_clip
+from tracer import TraceOptions, TracerError, trace_clip
 from tracer.cli import main
 
 FAST = TraceOptions(repeats=1, warmup=0)
@@ -95,3 +95,45 @@ def test_static_only_survives_a_clip_the_model_cannot_take(root):
     assert payload["static"]["audio_encoder"]["path"] == "model.audio_tower" and payload["clip_error"] == report.clip_error
     with pytest.raises(ValueError):  # without --static-only the same failure stops the run
         trace_clip(f"{root}/samples/sample.wav", model, processor=processor, options=FAST)
+
+
+def _lora_norms(report, strategy="audio_tower"):
+    return [(r.path, r.grad_norm_A, r.grad_norm_B) for r in report.runs[strategy].lora]
+
+
+def test_a_checkpoint_traces_to_the_same_lora_norms_and_leaves_the_callers_rng_alone(root, tmp_path):
+    """The LoRA init is seeded (not drawn from wherever the caller's stream happens to be), from forked
+    generators: two runs agree exactly, and the caller's random stream is where it was."""
+    loaded = models.builtin_loaded()
+    loaded.model.save_pretrained(tmp_path)
+    loaded.processor.save_pretrained(tmp_path)
+    options = TraceOptions(repeats=1, warmup=0, strategy="audio_tower")
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = trace_clip(f"{root}/samples/sample.wav", str(tmp_path), options=options)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(7)  # the caller draws: the next trace must not care
+    second = trace_clip(f"{root}/samples/sample.wav", str(tmp_path), options=options)
+    assert first.source == "dir" and _lora_norms(first) == _lora_norms(second)
+    assert any(b for _, _, b in _lora_norms(first))  # real gradients, not all None
+
+
+def test_building_the_builtin_model_and_attaching_lora_leave_the_callers_rng_alone():
+    from tracer.discovery import static_report
+    from tracer.lora import attach_lora
+    state = torch.random.get_rng_state()
+    model = models.builtin_model()
+    wrapped, _ = attach_lora(model, static_report(model))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    a = next(p for n, p in wrapped.named_parameters() if n.endswith("lora_A.default.weight"))
+    again = attach_lora(models.builtin_model(), static_report(model))[0]
+    torch.testing.assert_close(a, next(p for n, p in again.named_parameters() if n.endswith("lora_A.default.weight")),
+                               rtol=0, atol=0)
+
+
+def test_a_file_that_is_no_audio_fails_before_the_model_loads(tmp_path):
+    (tmp_path / "notes.wav").write_text("not audio\n" * 40)
+    events = []
+    with pytest.raises(TracerError, match="notes.wav: not a readable audio file"):
+        trace_clip(str(tmp_path / "notes.wav"), observer=lambda event, *_: events.append(event))
+    assert events == []  # not even the static report: the model was never loaded

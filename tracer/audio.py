@@ -137,7 +137,22 @@ def _wav_promised_frames(file: Path) -> int | None:
     return None
 
 
-def _read_soundfile(file: Path, offset, duration, max_seconds):
+def probe_clip(path: str, offset: float = 0.0, duration: float | None = None) -> None:
+    """Open the clip's header, decoding nothing (libsndfile's info; audioread's duration for what it cannot
+    read): a file that is no audio, holds no samples, is cut short or ends before ``offset`` is refused
+    before a model loads and a report starts."""
+    check_clip_args(path, offset, duration)
+    file = Path(path)
+    try:
+        info = _soundfile_info(file)
+    except _NotSoundfile as e:
+        _librosa_duration(file, offset, reason=str(e))
+        return
+    _window(info.samplerate, info.frames, offset, duration, 0.0)  # only its offset check: nothing is read
+
+
+def _soundfile_info(file: Path):
+    """libsndfile's view of the header, with the checks it allows; _NotSoundfile when it cannot open it."""
     import soundfile as sf
     try:
         info = sf.info(str(file))
@@ -145,11 +160,17 @@ def _read_soundfile(file: Path, offset, duration, max_seconds):
         raise _NotSoundfile(str(e).splitlines()[0]) from None
     if info.frames == 0:
         raise TracerError(f"{file}: no samples (a valid {info.format} header with no audio data)")
-    warnings = []
     promised = _wav_promised_frames(file)
     if promised is not None and promised > info.frames:  # libsndfile reads what is there and says little
         raise TracerError(f"{file}: truncated (the header promises {promised:,} frames, the file holds "
                           f"{info.frames:,})")
+    return info
+
+
+def _read_soundfile(file: Path, offset, duration, max_seconds):
+    import soundfile as sf
+    info = _soundfile_info(file)
+    warnings = []
     start, stop = _window(info.samplerate, info.frames, offset, duration, max_seconds)
     try:
         data, _ = sf.read(str(file), start=start, stop=stop, dtype="float32", always_2d=True)
@@ -161,20 +182,32 @@ def _read_soundfile(file: Path, offset, duration, max_seconds):
     return data, meta
 
 
+def _librosa_duration(file: Path, offset, reason: str) -> float:
+    """The length audioread finds (its decoders' headers), checked against ``offset``."""
+    import warnings as py_warnings
+
+    import librosa
+    try:
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("ignore")
+            total = librosa.get_duration(path=str(file))
+    except Exception:  # noqa: BLE001 - audioread raises many unrelated types for "not audio"
+        raise TracerError(f"{file}: not a readable audio file ({reason})") from None
+    if offset >= total:
+        raise TracerError(f"--offset {offset:g}: past the end of the clip ({total:.2f} s)")
+    return total
+
+
 def _read_librosa(file: Path, offset, duration, max_seconds, reason: str):
     import warnings as py_warnings
 
     import librosa
     length = min(duration if duration is not None else max_seconds, max_seconds)
+    total = _librosa_duration(file, offset, reason)
     try:
         with py_warnings.catch_warnings():
             py_warnings.simplefilter("ignore")
-            total = librosa.get_duration(path=str(file))
-            if offset >= total:
-                raise TracerError(f"--offset {offset:g}: past the end of the clip ({total:.2f} s)")
             data, rate = librosa.load(str(file), sr=None, mono=False, offset=offset, duration=length)
-    except TracerError:
-        raise
     except Exception:  # noqa: BLE001 - audioread raises many unrelated types for "not audio"
         raise TracerError(f"{file}: not a readable audio file ({reason})") from None
     data = np.atleast_2d(data).T.astype(np.float32)  # librosa gives (channels, samples)

@@ -246,9 +246,9 @@ def _validate(args) -> None:
         if getattr(args, flag) and not (flag == "chrome_trace" and under_torchrun):  # there: a directory
             check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.clip or not args.static_only:
-        from .audio import check_clip_args
+        from .audio import probe_clip
         from .loading import BUILTIN_CLIP
         if not args.clip:
             shown = os.path.relpath(BUILTIN_CLIP)
             args.clip = str(BUILTIN_CLIP) if shown.startswith("..") else shown
-        check_clip_args(args.clip, args.offset, args.duration)
+        probe_clip(args.clip, args.offset, args.duration)  # a header read: bad audio fails before the model loads

@@ -76,11 +76,8 @@ def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> l
                                f"not executed: {', '.join(map(short, missing[:4]))}{' …' if len(missing) > 4 else ''}"
                                if missing else ""))
     for name, run in ok.items():
-        executed = [m.path for m in run.modules if m.executed]
-        # NB: a wrapper bypassed on the way down (PEFT's LoraModel) is not "never called" in any useful sense
-        never = [m.path for m in run.modules if not m.executed and not m.container
-                 and (name == "full_forward" or is_under(m.path, enc.path if enc else None))
-                 and not any(is_under(p, m.path) for p in executed)]
+        # rollup.never_called: no containers, no wrapper bypassed on the way down (PEFT's LoraModel)
+        never = [p for p in run.never_called if name == "full_forward" or is_under(p, enc.path if enc else None)]
         out.append(Verdict("modules registered but never called", "-", ", ".join(map(short, never[:6])) or "none", NOTED,
                            name, "expected for weights read directly (Qwen2-Audio's embed_positions)"))
         new = sorted({m.path for m in run.modules} - static_paths)

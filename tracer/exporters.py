@@ -21,6 +21,19 @@ def _umask() -> int:
         return mask
 
 
+def follow_umask(root) -> None:
+    """Give the directory ``root`` and everything in it the modes a plain open() or mkdir() gives (0666 or
+    0777 less the umask): writers that go through temp files (transformers' safetensors, mkstemp,
+    mkdtemp) leave theirs 0600 or 0700, unreadable to the rest of a group that shares a cache."""
+    mask = _umask()
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):  # a link's mode is its target's business
+                os.chmod(path, 0o666 & ~mask)
+
+
 def write_atomic(path: str, write) -> None:
     """``write(tmp_path)`` fills a temp file in the target's directory, then it replaces ``path`` at once."""
     target = Path(path)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,22 @@ class LoadedModel:
     source: str  # "builtin" | "named" | "dir" | "hub" | "config"
     on_meta: bool
     directory: Path | None = None  # the checkpoint directory it came from, if any
+
+
+@contextmanager
+def seeded(devices=(), seed: int = BUILTIN_SEED):
+    """Torch's CPU generator (and those of the CUDA ``devices`` given) seeded for the block, and put back as
+    they were after it: random weights and LoRA inits repeat run after run, while a library caller's own
+    random stream goes on as if we had never drawn from it. Only the forked generators are seeded, so none
+    is left changed."""
+    import torch
+    cuda = sorted({torch.cuda.current_device() if d.index is None else d.index
+                   for d in map(torch.device, devices) if d.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def resolve_device(spec: str):
@@ -59,15 +76,15 @@ def resolve_dtype(spec: str, device):
 
 def load_builtin(device, dtype) -> LoadedModel:
     """The real Qwen2AudioForConditionalGeneration from the shipped tiny config, random weights, seed 0."""
-    import torch
     from transformers import (
         AutoProcessor,
         Qwen2AudioConfig,
         Qwen2AudioForConditionalGeneration,
     )
     config = Qwen2AudioConfig.from_pretrained(BUILTIN_MODEL_DIR)
-    torch.manual_seed(BUILTIN_SEED)
-    model = Qwen2AudioForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
+    with seeded():  # built on the CPU, then moved
+        model = Qwen2AudioForConditionalGeneration(config)
+    model = model.to(device=device, dtype=dtype).eval()
     processor = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
     return LoadedModel(model, processor, "builtin tiny Qwen2-Audio", "builtin", False)
 
@@ -101,13 +118,25 @@ def _resolve_model_dir(spec: str, progress=lambda text: None) -> tuple[Path, str
             raise TracerError(f"--model {spec}: not a directory (pass a checkpoint directory or a hub id)")
         return path, "dir"
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
-        raise TracerError(f"--model {spec}: no such directory")
+        raise TracerError(f"--model {spec}: no such directory{_named_near_miss(spec)}")
     from huggingface_hub import snapshot_download
     try:
         return Path(snapshot_download(repo_id=spec, local_files_only=True)), "hub"
     except Exception:  # noqa: BLE001 - any failure here means "not cached"
+        # NB: `hf` is huggingface_hub's CLI now; its old `huggingface-cli` is gone from current installs
         raise TracerError(f"--model {spec}: not in the local Hugging Face cache, and this tool does not download; "
-                          f"run `huggingface-cli download {spec}` where the hub is reachable, or pass a directory") from None
+                          f"run `hf download {spec}` where the hub is reachable, or pass a directory") from None
+
+
+def _named_near_miss(spec: str) -> str:
+    """'; did you mean whisper-tiny.en?' for a bare name close to a named model's, else ''."""
+    import difflib
+
+    from .named import NAMES
+    if "/" in spec:
+        return ""
+    close = difflib.get_close_matches(spec.lower(), NAMES, n=1, cutoff=0.75)
+    return f", nor a named model; did you mean {close[0]}?" if close else ""
 
 
 def _load_config(path: Path, trust_remote_code: bool):
@@ -266,8 +295,7 @@ def _build_from_config_file(path: str, device, dtype, static_only: bool, trust_r
         model = model_cls._from_config(config, dtype=dtype)
     if not static_only:
         _check_fits(model, path, device, dtype)
-        torch.manual_seed(BUILTIN_SEED)
-        with device:
+        with seeded([device]), device:  # built where it runs: that device's generator draws the weights
             model = model_cls._from_config(config, dtype=dtype)
     return LoadedModel(model.eval(), None, file.name, "config", static_only)
 

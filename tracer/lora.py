@@ -35,7 +35,16 @@ def parse_targets(spec: str, report: StaticReport):
 def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 8, config_file: str | None = None,
                 adapter_dir: str | None = None):
     """Wrap ``model`` with peft; returns ``(peft_model, setup)`` where setup describes what was attached (with
-    an adapter directory, ``setup.notes`` has the faults of its file: see audit.audit_notes)."""
+    an adapter directory, ``setup.notes`` has the faults of its file: see audit.audit_notes).
+    The new LoRA weights are drawn with seed 0 (every model, every run: the same init, the same gradient
+    norms), from forked generators that leave the caller's random stream where it was."""
+    from .loading import seeded
+    devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
+    with seeded(devices):
+        return _attach(model, report, targets, r, config_file, adapter_dir)
+
+
+def _attach(model, report: StaticReport, targets: str, r: int, config_file: str | None, adapter_dir: str | None):
     from peft import LoraConfig, PeftModel, get_peft_model
     notes: list[str] = []
     if adapter_dir:

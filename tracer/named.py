@@ -70,6 +70,8 @@ def _build(target: Path, write, progress) -> Path:
         write(out)
         (out / MARKER).write_text(json.dumps({"name": target.name, "banner": BANNERS[target.name],
                                               "weights": str(source)}, indent=1) + "\n")
+        from .exporters import follow_umask
+        follow_umask(out)  # save_pretrained writes model.safetensors 0600 (a temp file renamed)
         if target.exists():  # a leftover without the marker (or another process finished first)
             if (target / MARKER).is_file():
                 return target
@@ -88,7 +90,6 @@ def _convert_whisper(out: Path) -> None:
 
 
 def _qwen2_audio_with_whisper_tower(whisper: Path, out: Path) -> None:
-    import torch
     from transformers import (
         AutoProcessor,
         Qwen2AudioConfig,
@@ -98,15 +99,15 @@ def _qwen2_audio_with_whisper_tower(whisper: Path, out: Path) -> None:
         WhisperForConditionalGeneration,
     )
 
-    from .loading import BUILTIN_MODEL_DIR, BUILTIN_SEED
+    from .loading import BUILTIN_MODEL_DIR, seeded
     source = WhisperConfig.from_pretrained(whisper)
     config = Qwen2AudioConfig.from_pretrained(BUILTIN_MODEL_DIR)  # the built-in tiny LM and audio token
     audio = config.audio_config
     for key in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
                 "max_source_positions", "activation_function", "scale_embedding"):
         setattr(audio, key, getattr(source, key))
-    torch.manual_seed(BUILTIN_SEED)
-    model = Qwen2AudioForConditionalGeneration(config).eval()
+    with seeded():  # the random projector and LM repeat, and the caller's random stream is left alone
+        model = Qwen2AudioForConditionalGeneration(config).eval()
     encoder = WhisperForConditionalGeneration.from_pretrained(whisper).model.encoder
     missing, unexpected = model.model.audio_tower.load_state_dict(encoder.state_dict(), strict=False)
     if unexpected or missing:  # the layouts must match exactly: anything else means a wrong tower

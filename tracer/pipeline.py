@@ -172,6 +172,9 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
     from .loading import input_device, resolve_device, resolve_dtype
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
+    if clip is not None:  # a header read: a file that is no audio fails before the model loads
+        from .audio import probe_clip
+        probe_clip(clip, options.offset, options.duration)
     loaded = _load(model, config, processor, options, device, dtype, observe)
     if options.device_map:
         device = input_device(loaded.model, device)

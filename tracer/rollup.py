@@ -192,6 +192,20 @@ class RunFacts:
         return run
 
 
+def never_called(records) -> tuple:
+    """Paths of the modules registered but never called, as a reader takes the words: no container
+    (ModuleList, ModuleDict, ParameterDict: never called by design; PEFT's lora_A, lora_B, lora_dropout,
+    lora_embedding_A/B and lora_magnitude_vector are such dicts) and no wrapper that something inside ran in
+    (PEFT's base_model, the root: bypassed when an inner module is called directly). What is left is worth
+    a look: a module skipped by the forward or whose weight is read directly (``embed_positions``)."""
+    inside_ran = set()
+    for r in records:
+        if r.executed and r.path:
+            parts = r.path.split(".")
+            inside_ran.update(".".join(parts[:i]) for i in range(len(parts)))  # '' (the root) and every parent
+    return tuple(r.path for r in records if not r.executed and not r.container and r.path not in inside_ran)
+
+
 def run_facts(collected: Collected, model=None, component_of: dict | None = None) -> RunFacts:
     """Roll up a traced pass; with a ``model`` that has LoRA layers, their diagnosis too (it reads
     ``.grad``: after backward, before zero_grad)."""
@@ -202,7 +216,7 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
     ends = [c.backward_end_ns for c in calls if c.backward_end_ns is not None]
     ends += [t for _, t in collected.param_times]
     facts = RunFacts(calls=tuple(calls), modules=tuple(records),
-                     never_called=tuple(r.path for r in records if not r.executed),
+                     never_called=never_called(records),
                      total_forward_ms=sum(c.end_ns - c.start_ns for c in top_level) / 1e6,
                      total_backward_ms=(max(ends) - min(starts)) / 1e6 if starts and ends else None,
                      clock=collected.clock, failed_in=collected.failed_in,
