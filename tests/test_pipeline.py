@@ -10,7 +10,7 @@ from tracer import TraceOptions, TracerError, trace_clip
 from tracer.cli import main
 
 FAST = TraceOptions(repeats=1, warmup=0)
-VARYING = ("_ms", "ratio", "traced_over", "peak_memory", "peak_bytes", "memory_delta")
+VARYING = ("_ms", "ratio", "traced_over", "timing_noisy", "peak_memory", "peak_bytes", "memory_delta")
 
 
 def same_apart_from_times(a, b, where="") -> None:
