@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 
 import torch
 
@@ -68,13 +69,16 @@ def shard(model, report) -> None:
 
 
 def is_zero3(param) -> bool:
-    """A DeepSpeed ZeRO-3 parameter: empty outside its module's forward, its gradient partitioned."""
-    return hasattr(param, "ds_id")
+    """A DeepSpeed ZeRO-3 parameter: empty outside its module's forward, its gradient partitioned. Only
+    DeepSpeed sets ``ds_id``, so without deepspeed imported by the job no parameter can be one: checked first,
+    and deepspeed is never imported here (importing it prints "Setting accelerator to CPU" and takes seconds)."""
+    return "deepspeed" in sys.modules and hasattr(param, "ds_id")
 
 
 def _zero3_full(param) -> tuple:
     """(full gradient or None, full value) of a ZeRO-3 parameter, through DeepSpeed's own API: each call a
-    collective (peft#1402: reading ``.grad`` there says "no gradient")."""
+    collective (peft#1402: reading ``.grad`` there says "no gradient"). Reached only for a parameter DeepSpeed
+    manages: deepspeed is in ``sys.modules`` already."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
     return safe_get_full_grad(param), safe_get_full_fp32_param(param)
 
