@@ -1,6 +1,7 @@
 """Run under `torchrun --nproc_per_node 2` (gloo, CPU) by tests/test_distributed.py: a PEFT LoRA model traced
 with DDP and with FSDP2, each rank on its half of one global batch; rank 1 slowed on purpose in one module.
 Each rank writes what it saw to OUT_DIR/{mode}-{rank}.json; rank 0 adds the merged view."""
+import functools
 import json
 import os
 import sys
@@ -52,6 +53,9 @@ def run(mode: str, out_dir: str) -> None:
         from torch.nn.parallel import DistributedDataParallel
         traced = DistributedDataParallel(model)
         slowed = dict(traced.named_modules())["module." + SLOWED]
+    elif mode == "fsdp1":
+        slowed = dict(model.named_modules())[SLOWED]  # the same module object once wrapped
+        traced = fsdp1(model)
     else:
         from torch.distributed.fsdp import fully_shard
         for layer in model.base_model.model.model.layers:
@@ -72,10 +76,50 @@ def run(mode: str, out_dir: str) -> None:
            "backend": run_record["backend"], "hooks_left": _hooks(traced) - hooks_before - (rank == 1),
            "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}
                     for r in run_record["lora"]],
-           "saved_bytes": {m["path"].removeprefix("module."): m["saved_bytes"] for m in run_record["modules"]},
+           "saved_bytes": {m["path"]: m["saved_bytes"] for m in run_record["modules"]},
            "merged": merged}
     with open(os.path.join(out_dir, f"{mode}-{rank}.json"), "w") as f:
         json.dump(out, f)
+
+
+def fsdp1(model, use_orig_params: bool = True, units=None):
+    """FSDP1 as accelerate applies it to a PEFT model: one unit per decoder layer and the root,
+    use_orig_params=True (a unit's parameters are then free to differ in requires_grad)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+    units = units or functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={Qwen2DecoderLayer})
+    return FullyShardedDataParallel(model, auto_wrap_policy=units, device_id=torch.device("cpu"),
+                                    use_orig_params=use_orig_params)
+
+
+def fsdp1_step(out_dir: str) -> None:
+    """FSDP1 with an AdamW step on the original parameters inside the traced block (the optimizer watched),
+    then use_orig_params=False refused in one line."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = fsdp1(build_model())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    with Tracer(model, optimizer=optimizer) as tracer:
+        loss_of(model, global_batch().chunk(world)[rank]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = {"rank": rank, "lora": lora_rows(tracer.result(), ("update_ratio_A", "update_ratio_B", "optimizer_steps"))}
+    # use_orig_params=False: a unit's parameters must agree on requires_grad, so each LoRA Linear is a unit
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+    lora_units = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: isinstance(m, torch.nn.Linear)
+                                   and m.weight.requires_grad)
+    flat = fsdp1(build_model(), use_orig_params=False, units=lora_units)
+    try:
+        Tracer(flat).__enter__()
+    except Exception as e:  # noqa: BLE001 - what the user would read
+        out["refused"] = f"{type(e).__name__}: {e}"
+    with open(os.path.join(out_dir, f"fsdp1_step-{rank}.json"), "w") as f:
+        json.dump(out, f)
+
+
+def lora_rows(run_record: dict, extra: tuple = ()) -> list:
+    return [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B", *extra)}
+            for r in run_record["lora"]]
 
 
 def fsdp_step(out_dir: str) -> None:
@@ -149,7 +193,7 @@ def zero3(out_dir: str) -> None:
         json.dump(out, f)
 
 
-MODES = {"fsdp_step": fsdp_step, "trainer": trainer, "zero3": zero3}
+MODES = {"fsdp_step": fsdp_step, "fsdp1_step": fsdp1_step, "trainer": trainer, "zero3": zero3}
 
 
 def main() -> None:

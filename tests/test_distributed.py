@@ -1,4 +1,4 @@
-"""The Tracer under torch.distributed: two real processes (torchrun, gloo, CPU), DDP and FSDP2."""
+"""The Tracer under torch.distributed: two real processes (torchrun, gloo, CPU), DDP, FSDP2, FSDP1, ZeRO."""
 import importlib.util
 import json
 import os
@@ -13,6 +13,12 @@ from tracer.hooks import Tracer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+MODES = ("ddp", "fsdp", "fsdp1")  # what dist_worker.run wraps the model in: DDP, FSDP2, FSDP1
+
+
+def canonical(path: str) -> str:
+    """A traced path as the unwrapped model names it: without DDP's ``module.`` and FSDP1's unit wrappers."""
+    return ".".join(p for p in path.removeprefix("module.").split(".") if p != "_fsdp_wrapped_module")
 
 
 def torchrun(args: list, **kwargs):
@@ -36,12 +42,11 @@ def torchrun(args: list, **kwargs):
 def ranks(tmp_path_factory, root):
     """One torchrun of 2 processes doing both modes; {mode: [rank 0's output, rank 1's]}."""
     out = tmp_path_factory.mktemp("dist")
-    torchrun([os.path.join(root, "tests", "dist_worker.py"), str(out), "ddp", "fsdp", "fsdp_step", "trainer",
-              *(["zero3"] if HAVE_DEEPSPEED else [])])
-    outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)]
-               for mode in ("ddp", "fsdp", "fsdp_step", "trainer", *(["zero3"] if HAVE_DEEPSPEED else []))}
+    modes = [*MODES, "fsdp_step", "fsdp1_step", "trainer", *(["zero3"] if HAVE_DEEPSPEED else [])]
+    torchrun([os.path.join(root, "tests", "dist_worker.py"), str(out), *modes])
+    outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)] for mode in modes}
     outputs["chrome"] = {mode: {str(p.relative_to(out / f"{mode}-traces")): json.loads(p.read_text())
-                                for p in (out / f"{mode}-traces").rglob("*.json")} for mode in ("ddp", "fsdp")}
+                                for p in (out / f"{mode}-traces").rglob("*.json")} for mode in MODES}
     outputs["trainer_traces"] = sorted(p.name for p in (out / "trainer-traces").iterdir())
     outputs["trainer_report"] = json.loads((out / "trainer-traces" / "trace-step1.json").read_text())
     return outputs
@@ -59,9 +64,6 @@ def reference():
     return norms
 
 
-MODES = ("ddp", "fsdp")
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_every_rank_completes_with_its_rank_and_no_hook_left(ranks, mode):
     outs = ranks[mode]
@@ -72,11 +74,12 @@ def test_every_rank_completes_with_its_rank_and_no_hook_left(ranks, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_lora_norms_are_the_full_gradients_on_every_rank(ranks, reference, mode):
-    """DDP all-reduces the gradients; FSDP2 leaves shards, whose squared norms are summed over the ranks:
-    both equal one process's norms on the same global batch."""
+    """DDP all-reduces the gradients; FSDP2 leaves DTensor shards and FSDP1 (use_orig_params) views of its
+    FlatParameter's shard, None where a rank holds none of a weight: their squared norms are summed over the
+    ranks. All equal one process's norms on the same global batch."""
     for out in ranks[mode]:
         for layer in out["lora"]:
-            path = layer["path"].removeprefix("module.")
+            path = canonical(layer["path"])
             for part, key in (("lora_A", "grad_norm_A"), ("lora_B", "grad_norm_B")):
                 expected = reference[f"{path}.{part}.{layer['adapter']}.weight"]
                 assert layer[key] == pytest.approx(expected, rel=1e-5), (mode, path, part)
@@ -87,9 +90,8 @@ def test_rank_0_merges_both_ranks_and_names_the_slowed_one(ranks, mode):
     merged, other = ranks[mode][0]["merged"], ranks[mode][1]["merged"]
     assert other is None  # only rank 0 gets the merged view
     assert merged["world_size"] == 2 and merged["ranks"] == [0, 1] and merged["lora_statuses_agree"]
-    prefix = "module." if mode == "ddp" else ""
     sleep_ms = dist_worker.SLEEP_S * 1000
-    slowed = next(m for m in merged["modules"] if m["path"] == prefix + dist_worker.SLOWED)
+    slowed = next(m for m in merged["modules"] if canonical(m["path"]) == dist_worker.SLOWED)
     # the sleep is inside the module's window on rank 1: at least that long, whatever the load
     assert slowed["slowest_rank"] == 1 and slowed["forward_ms"][1] >= sleep_ms
     # orderings with margins against what rank 0 measured, not fixed ms: rank 0 would have to lose half the
@@ -100,13 +102,36 @@ def test_rank_0_merges_both_ranks_and_names_the_slowed_one(ranks, mode):
     assert stage["forward_ms"][1] - stage["forward_ms"][0] > sleep_ms / 2
 
 
-def test_fsdp_gathered_weights_are_not_counted_as_saved_activations(ranks):
+def saved_by_module(saved_bytes: dict) -> dict:
+    """Bytes saved for backward per module as the unwrapped model names it (FSDP1's unit wrapper and the
+    module it wraps are one), modules that save nothing left out."""
+    out = {}
+    for path, nbytes in saved_bytes.items():
+        out[canonical(path)] = out.get(canonical(path), 0) + nbytes
+    return {path: nbytes for path, nbytes in out.items() if nbytes}
+
+
+def test_fsdp2_gathered_weights_are_not_counted_as_saved_activations(ranks):
     """FSDP2 gathers each layer's weights into new storages as the layer runs and frees them after (resizing
     the storage to 0): autograd saves them for backward, but they are weights, and the activations allocated
     where they were are activations. Each module saves exactly what it saves under DDP (weights plain)."""
-    ddp, fsdp = ranks["ddp"][0]["saved_bytes"], ranks["fsdp"][0]["saved_bytes"]
-    assert fsdp.keys() <= ddp.keys() and sum(fsdp.values()) > 0
-    assert {p: (ddp[p], b) for p, b in fsdp.items() if b != ddp[p]} == {}
+    ddp, fsdp = saved_by_module(ranks["ddp"][0]["saved_bytes"]), saved_by_module(ranks["fsdp"][0]["saved_bytes"])
+    assert sum(fsdp.values()) > 0 and fsdp == ddp
+
+
+def test_fsdp1_gathered_weights_are_not_counted_as_saved_activations(ranks):
+    """FSDP1 gathers a unit's weights into its FlatParameter before running it: saved for backward, they are
+    not activations. Its views all require grad when the unit holds a trainable weight (LoRA's), so autograd
+    also saves what the frozen weights' gradients would need (a frozen Linear's input, a norm's normalised
+    input): each module saves exactly what it saves in one process with every decoder-layer weight trainable
+    and the root's (embeddings, norm, head: a unit of frozen weights) frozen."""
+    model = dist_worker.build_model()
+    model.base_model.model.model.layers.requires_grad_(True)
+    with Tracer(model) as tracer:
+        dist_worker.loss_of(model, dist_worker.global_batch().chunk(2)[0]).backward()
+    alone = saved_by_module({m["path"]: m["saved_bytes"] for m in tracer.result()["modules"]})
+    fsdp1 = saved_by_module(ranks["fsdp1"][0]["saved_bytes"])
+    assert sum(fsdp1.values()) > sum(saved_by_module(ranks["ddp"][0]["saved_bytes"]).values()) and fsdp1 == alone
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -152,6 +177,22 @@ def test_fsdp_optimizer_step_is_seen_whole_on_every_rank(ranks, reference, refer
             assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
             assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
             assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+
+
+def test_fsdp1_optimizer_step_is_seen_whole_and_use_orig_params_false_is_refused(ranks, reference, reference_step):
+    """FSDP1 with use_orig_params=True and AdamW on the original parameters: gradient norms and update ratios
+    from views of the shards, summed over the ranks (a rank that holds none of a weight has no .grad at all).
+    use_orig_params=False leaves the LoRA weights no parameters: refused in one line naming what works."""
+    for out in ranks["fsdp1_step"]:
+        assert {r["status"] for r in out["lora"]} == {"ok"} and len(out["lora"]) == 6
+        for layer in out["lora"]:
+            stem = f"{canonical(layer['path'])}.{{}}.{layer['adapter']}.weight"
+            assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
+            assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
+            assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
+            assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+        assert out["refused"] == ("TracerError: FSDP1 with use_orig_params=False hides LoRA gradients inside "
+                                  "FlatParameter shards: wrap with use_orig_params=True, or use FSDP2 (fully_shard)")
 
 
 @pytest.mark.skipif(not HAVE_DEEPSPEED, reason="deepspeed is not installed (the test extra installs it)")
