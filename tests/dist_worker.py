@@ -20,15 +20,17 @@ SLOWED = "base_model.model.model.layers.1.mlp"  # rank 1 sleeps here
 SLEEP_S = 0.25
 
 
-def build_model():
+def build_model(modules_to_save=None):
     """The same tiny Qwen2 + LoRA on every rank (and in the single-process reference): seed 0, lora_B
-    random so lora_A gets a gradient too."""
+    random so lora_A gets a gradient too. ``modules_to_save``: PEFT's trainable copies (the copy computes what
+    the original does: every norm stays the same)."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=100)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      modules_to_save=modules_to_save)
     return get_peft_model(Qwen2ForCausalLM(config), lora)
 
 
@@ -172,28 +174,32 @@ def trainer(out_dir: str) -> None:
                    "traced_rank": callback.results.get(1, {}).get("rank")}, f)
 
 
-def zero3(out_dir: str) -> None:
-    """DeepSpeed ZeRO-3 (CPU, gloo): parameters are empty outside their module's forward and gradients
-    partitioned; the norms come through DeepSpeed's own safe_get_full_grad."""
+def zero(stage: int, out_dir: str) -> None:
+    """DeepSpeed ZeRO-1/2/3 (CPU, gloo), the LM head also in modules_to_save: under ZeRO-3 parameters are
+    empty outside their module's forward; under every stage .grad is None after engine.backward (the reduced
+    gradient sits in DeepSpeed's partitioned buffers). The norms come through DeepSpeed's safe_get_full_grad."""
     import deepspeed
     rank, world = dist.get_rank(), dist.get_world_size()
     deepspeed.init_distributed(dist_backend="gloo")  # the process group exists: DeepSpeed takes it
-    model = build_model()
-    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3},
+    model = build_model(modules_to_save=["lm_head"])
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage},
               "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}}}
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     with Tracer(engine.module) as tracer:
         engine.backward(loss_of(engine, global_batch().chunk(world)[rank]))
     run_record = tracer.result()
-    out = {"rank": rank, "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}
-                                  for r in run_record["lora"]],
-           "empty_outside_forward": all(p.numel() == 0 for n, p in engine.module.named_parameters() if "lora_B" in n)}
-    with open(os.path.join(out_dir, f"zero3-{rank}.json"), "w") as f:
+    lora_b = [p for n, p in engine.module.named_parameters() if "lora_B" in n]
+    out = {"rank": rank, "lora": lora_rows(run_record), "saved_modules": run_record["saved_modules"],
+           "empty_outside_forward": all(p.numel() == 0 for p in lora_b),
+           "grad_is_none": all(p.grad is None for p in lora_b)}
+    engine.destroy()
+    with open(os.path.join(out_dir, f"zero{stage}-{rank}.json"), "w") as f:
         json.dump(out, f)
 
 
-MODES = {"fsdp_step": fsdp_step, "fsdp1_step": fsdp1_step, "trainer": trainer, "zero3": zero3}
+MODES = {"fsdp_step": fsdp_step, "fsdp1_step": fsdp1_step, "trainer": trainer,
+         **{f"zero{stage}": functools.partial(zero, stage) for stage in (1, 2, 3)}}
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from tracer.hooks import Tracer
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 MODES = ("ddp", "fsdp", "fsdp1")  # what dist_worker.run wraps the model in: DDP, FSDP2, FSDP1
+ZERO_STAGES = ("zero1", "zero2", "zero3")  # DeepSpeed engines (dist_worker.zero)
 
 
 def canonical(path: str) -> str:
@@ -42,7 +43,7 @@ def torchrun(args: list, **kwargs):
 def ranks(tmp_path_factory, root):
     """One torchrun of 2 processes doing both modes; {mode: [rank 0's output, rank 1's]}."""
     out = tmp_path_factory.mktemp("dist")
-    modes = [*MODES, "fsdp_step", "fsdp1_step", "trainer", *(["zero3"] if HAVE_DEEPSPEED else [])]
+    modes = [*MODES, "fsdp_step", "fsdp1_step", "trainer", *(ZERO_STAGES if HAVE_DEEPSPEED else [])]
     torchrun([os.path.join(root, "tests", "dist_worker.py"), str(out), *modes])
     outputs = {mode: [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in (0, 1)] for mode in modes}
     outputs["chrome"] = {mode: {str(p.relative_to(out / f"{mode}-traces")): json.loads(p.read_text())
@@ -195,17 +196,31 @@ def test_fsdp1_optimizer_step_is_seen_whole_and_use_orig_params_false_is_refused
                                   "FlatParameter shards: wrap with use_orig_params=True, or use FSDP2 (fully_shard)")
 
 
+@pytest.fixture(scope="module")
+def reference_saved():
+    """One process, the whole global batch: the norm of the gradient of the LM head's modules_to_save copy."""
+    model = dist_worker.build_model(modules_to_save=["lm_head"])
+    dist_worker.loss_of(model, dist_worker.global_batch()).backward()
+    return float(model.base_model.model.lm_head.modules_to_save["default"].weight.grad.norm())
+
+
 @pytest.mark.skipif(not HAVE_DEEPSPEED, reason="deepspeed is not installed (the test extra installs it)")
-def test_zero3_norms_come_through_deepspeed_and_are_the_full_gradients(ranks, reference):
-    """Under ZeRO-3 the LoRA weights are empty outside the forward and .grad is None: read naively every
-    layer is 'off_loss_path'. Through DeepSpeed's safe_get_full_grad: ok, with one process's norms."""
-    for out in ranks["zero3"]:
-        assert out["empty_outside_forward"]
+@pytest.mark.parametrize("stage", ZERO_STAGES)
+def test_zero_norms_come_through_deepspeed_and_are_the_full_gradients(ranks, reference, reference_saved, stage):
+    """Under every ZeRO stage .grad is None after engine.backward (ZeRO-1/2 reduce the gradients into the
+    optimizer's partitioned buffers; ZeRO-3's weights are even empty outside the forward): read naively every
+    layer is 'off_loss_path' and a modules_to_save copy 'no_gradient'. Through DeepSpeed's safe_get_full_grad:
+    ok, with one process's norms."""
+    for out in ranks[stage]:
+        assert out["grad_is_none"] and out["empty_outside_forward"] == (stage == "zero3")
         assert {r["status"] for r in out["lora"]} == {"ok"} and len(out["lora"]) == 6
         for layer in out["lora"]:
             stem = f"{layer['path']}.{{}}.{layer['adapter']}.weight"
             assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
             assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
+        [saved] = out["saved_modules"]
+        assert (saved["path"], saved["status"]) == ("base_model.model.lm_head", "ok")
+        assert saved["grad_norm"] == pytest.approx(reference_saved, rel=1e-5)
 
 
 def test_trainer_callback_under_torchrun_writes_one_merged_report_from_rank_0(ranks):

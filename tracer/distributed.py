@@ -77,10 +77,18 @@ def is_zero3(param) -> bool:
     return "deepspeed" in sys.modules and hasattr(param, "ds_id")
 
 
-def _zero3_full(param) -> tuple:
-    """(full gradient or None, full value) of a ZeRO-3 parameter, through DeepSpeed's own API: each call a
-    collective (peft#1402: reading ``.grad`` there says "no gradient"). Reached only for a parameter DeepSpeed
-    manages: deepspeed is in ``sys.modules`` already."""
+def is_deepspeed(param) -> bool:
+    """A parameter whose gradient DeepSpeed keeps: ZeRO-3's, and ZeRO-1/2's (and its bf16 optimizer's), which
+    are whole but whose ``.grad`` is None after ``engine.backward``: the reduced gradient sits in the
+    optimizer's partitioned buffers, each rank holding part of it (``_hp_mapping`` links the parameter to its
+    part, on every rank; None where a rank holds none)."""
+    return "deepspeed" in sys.modules and (hasattr(param, "ds_id") or hasattr(param, "_hp_mapping"))
+
+
+def _deepspeed_full(param) -> tuple:
+    """(full gradient or None, full value) of a parameter DeepSpeed manages, through its own API: each call a
+    collective (peft#1402: reading ``.grad`` there says "no gradient"). Reached only for such a parameter:
+    deepspeed is in ``sys.modules`` already."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
     return safe_get_full_grad(param), safe_get_full_fp32_param(param)
 
@@ -123,8 +131,8 @@ def _read(param) -> tuple:
     ranks; else ``.grad`` and the parameter themselves. (None, None, False) for no parameter."""
     if param is None:
         return None, None, False
-    if is_zero3(param):
-        grad, value = _zero3_full(param)
+    if is_deepspeed(param):
+        grad, value = _deepspeed_full(param)
         return (None if grad is None else grad.detach()), value, False
     grad = param.grad
     split = is_sharded(param) or is_fsdp1_view(param)
