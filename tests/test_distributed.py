@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -110,6 +111,31 @@ def saved_by_module(saved_bytes: dict) -> dict:
     for path, nbytes in saved_bytes.items():
         out[canonical(path)] = out.get(canonical(path), 0) + nbytes
     return {path: nbytes for path, nbytes in out.items() if nbytes}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_stage_line_names_its_slowest_rank_and_where_that_rank_loses_the_time(ranks, mode):
+    """Per rank, a stage's ms are its modules' own (self forward + own backward: they add up), so each RANKS
+    line names the stage's slowest rank and modules of that stage, each stretch of time once. Before, backward
+    windows nested and overlapped: a wait in FSDP2's collective counted once per window around it, and every
+    listed module could name a rank the stage table did not. The slowed module leads its stage's line."""
+    from tracer.naming import label
+    from tracer.report_runtime import render_ranks
+    merged = ranks[mode][0]["merged"]
+    for name, stage in merged["stages"].items():
+        for rank in (0, 1):
+            ran = [m for m in merged["modules"] if m["stage"] == name and m["forward_ms"][rank] is not None]
+            assert stage["forward_ms"][rank] == pytest.approx(sum(m["forward_ms"][rank] for m in ran))
+            assert stage["backward_ms"][rank] == pytest.approx(sum(m["backward_ms"][rank] or 0.0 for m in ran))
+    body = render_ranks({"world_size": 2, "backend": "gloo", "parallel": mode, "strategies": {"run": merged}}).body
+    lines = {line.split(":")[0].strip(): line for line in body.splitlines() if " over the median" in line}
+    assert lines and all(f": rank {merged['stages'][name]['slowest_rank']} +" in line for name, line in lines.items())
+    for line in lines.values():  # every module named (no blank names: the root is "(root)")
+        assert all(re.fullmatch(r"\S+ \+\d+\.\d\d ms", item) for item in line.partition("most in ")[2].split(", ")
+                   if item), line
+    slowed = next(m["path"] for m in merged["modules"] if canonical(m["path"]) == dist_worker.SLOWED)
+    assert lines["language_model"].startswith("  language_model: rank 1 +")
+    assert f"most in {label(slowed)} +" in lines["language_model"]
 
 
 def test_fsdp2_gathered_weights_are_not_counted_as_saved_activations(ranks):
@@ -248,7 +274,7 @@ def cli_under_torchrun(request, tmp_path_factory, root):
     out = tmp_path_factory.mktemp("cli")
     done = torchrun([os.path.join(root, "bin", "trace"), os.path.join(root, "samples", "sample.wav"),
                      "--repeats", "1", "--warmup", "0", "--json", str(out / "r.json"),
-                     "--chrome-trace", str(out / "traces"), *(["--fsdp"] if request.param == "fsdp" else [])])
+                     "--chrome-trace", f"{out / 'traces'}/", *(["--fsdp"] if request.param == "fsdp" else [])])
     return done.stdout, json.loads((out / "r.json").read_text()), out / "traces"
 
 
@@ -286,7 +312,9 @@ def test_gradients_are_the_single_process_ones(cli_under_torchrun, tmp_path, roo
 
 
 def test_bin_trace_under_torchrun_writes_a_trace_per_rank(cli_under_torchrun):
-    _, _, traces = cli_under_torchrun
+    stdout, _, traces = cli_under_torchrun
+    # --chrome-trace DIR/ (a trailing slash) is said as one path
+    assert f"wrote {traces}/rank*.json and {traces}/perfetto/job.json" in stdout and "//" not in stdout
     assert sorted(str(p.relative_to(traces)) for p in traces.rglob("*.json")) == \
         ["perfetto/job.json", "rank0.json", "rank1.json"]
     for rank in (0, 1):

@@ -223,22 +223,21 @@ def merge(run: dict | None, component_of: dict) -> dict | None:
 
 
 def _summary(run: dict, component_of: dict, info: dict | None) -> dict:
-    """What rank 0 needs from a rank: per module its times and memory, per stage its times, LoRA statuses."""
-    modules = {m["path"]: (m["self_forward_ms"], m["backward_ms"], m["peak_bytes"]) for m in run["modules"]
-               if m["executed"]}
+    """What rank 0 needs from a rank: per module its own times (self forward, its own part of the backward)
+    and memory, per stage their sums, LoRA statuses. Own times add up, so a stage's time is its modules': the
+    modules that lose the most time are the stage's, counted once. (Backward windows nest and overlap: one
+    stretch, such as a wait in a collective, is in every window around it.)"""
+    executed = [m for m in run["modules"] if m["executed"]]
+    modules = {m["path"]: (m["self_forward_ms"], m.get("self_backward_ms"), m["peak_bytes"]) for m in executed}
+    stage_of = {m["path"]: component_of.get(m["path"], "other") for m in executed}
     stages: dict = {}
-    for m in run["modules"]:
-        if not m["executed"]:
-            continue
-        stage = stages.setdefault(component_of.get(m["path"], "other"), {"forward_ms": 0.0, "backward_ms": 0.0})
+    for m in executed:
+        stage = stages.setdefault(stage_of[m["path"]], {"forward_ms": 0.0, "backward_ms": 0.0})
         stage["forward_ms"] += m["self_forward_ms"]
-        parent = m["path"].rpartition(".")[0]
-        # a component's backward is its roots' (their windows cover their children's)
-        if m["backward_ms"] is not None and component_of.get(parent) != component_of.get(m["path"]):
-            stage["backward_ms"] += m["backward_ms"]
+        stage["backward_ms"] += m.get("self_backward_ms") or 0.0
     lora = {(r["path"], r["adapter"]): r["status"] for r in run.get("lora", ())}
-    return {"rank": (info or {}).get("rank", 0), "modules": modules, "stages": stages, "lora": lora,
-            "total_forward_ms": run["total_forward_ms"], "total_backward_ms": run["total_backward_ms"]}
+    return {"rank": (info or {}).get("rank", 0), "modules": modules, "stage_of": stage_of, "stages": stages,
+            "lora": lora, "total_forward_ms": run["total_forward_ms"], "total_backward_ms": run["total_backward_ms"]}
 
 
 def _skew(values: list) -> tuple:
@@ -255,13 +254,14 @@ def _skew(values: list) -> tuple:
 def _merged(summaries: list, info: dict) -> dict:
     summaries = sorted(summaries, key=lambda s: s["rank"])
     paths = list(dict.fromkeys(p for s in summaries for p in s["modules"]))
+    stage_of = {p: stage for s in summaries for p, stage in s.get("stage_of", {}).items()}
     modules = []
     for path in paths:
         per_rank = [s["modules"].get(path, (None, None, None)) for s in summaries]
         forward, backward = [r[0] for r in per_rank], [r[1] for r in per_rank]
         skew, slowest, excess = _skew([(f or 0.0) + (b or 0.0) if f is not None else None
                                        for f, b in zip(forward, backward)])
-        modules.append({"path": path, "forward_ms": forward, "backward_ms": backward,
+        modules.append({"path": path, "stage": stage_of.get(path), "forward_ms": forward, "backward_ms": backward,
                         "peak_bytes": [r[2] for r in per_rank], "skew": skew, "slowest_rank": slowest,
                         "excess_ms": excess})
     stages = {}

@@ -23,6 +23,12 @@ def short(path: str) -> str:
     return strip_peft_prefix(path)
 
 
+def label(path: str) -> str:
+    """``short(path)``, never blank: the module a tracer was given (a DDP or FSDP1 wrapper, or the PeftModel)
+    is ``(root)``, the wrappers below it that stand for the model too keep their path in parentheses."""
+    return short(path) or f"({path or 'root'})"
+
+
 def _ranges(indices: list[int]) -> str:
     indices = sorted(set(indices))
     parts, start, prev = [], indices[0], indices[0]
