@@ -1,6 +1,7 @@
 """Run under `torchrun --nproc_per_node 2` (gloo, CPU) by tests/test_distributed.py: a PEFT LoRA model traced
 with DDP and with FSDP2, each rank on its half of one global batch; rank 1 slowed on purpose in one module.
 Each rank writes what it saw to OUT_DIR/{mode}-{rank}.json; rank 0 adds the merged view."""
+import functools
 import json
 import os
 import sys
@@ -14,18 +15,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tracer.hooks import Tracer  # noqa: E402
 
 SLOWED = "base_model.model.model.layers.1.mlp"  # rank 1 sleeps here
-SLEEP_S = 0.05
+# large against a loaded machine's noise (a whole stage's forward took 25 ms on rank 0 under load): the tests
+# compare the ranks with margins of half of it
+SLEEP_S = 0.25
 
 
-def build_model():
+def build_model(modules_to_save=None):
     """The same tiny Qwen2 + LoRA on every rank (and in the single-process reference): seed 0, lora_B
-    random so lora_A gets a gradient too."""
+    random so lora_A gets a gradient too. ``modules_to_save``: PEFT's trainable copies (the copy computes what
+    the original does: every norm stays the same)."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=100)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      modules_to_save=modules_to_save)
     return get_peft_model(Qwen2ForCausalLM(config), lora)
 
 
@@ -50,6 +55,9 @@ def run(mode: str, out_dir: str) -> None:
         from torch.nn.parallel import DistributedDataParallel
         traced = DistributedDataParallel(model)
         slowed = dict(traced.named_modules())["module." + SLOWED]
+    elif mode == "fsdp1":
+        slowed = dict(model.named_modules())[SLOWED]  # the same module object once wrapped
+        traced = fsdp1(model)
     else:
         from torch.distributed.fsdp import fully_shard
         for layer in model.base_model.model.model.layers:
@@ -70,10 +78,50 @@ def run(mode: str, out_dir: str) -> None:
            "backend": run_record["backend"], "hooks_left": _hooks(traced) - hooks_before - (rank == 1),
            "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}
                     for r in run_record["lora"]],
-           "saved_bytes": {m["path"].removeprefix("module."): m["saved_bytes"] for m in run_record["modules"]},
+           "saved_bytes": {m["path"]: m["saved_bytes"] for m in run_record["modules"]},
            "merged": merged}
     with open(os.path.join(out_dir, f"{mode}-{rank}.json"), "w") as f:
         json.dump(out, f)
+
+
+def fsdp1(model, use_orig_params: bool = True, units=None):
+    """FSDP1 as accelerate applies it to a PEFT model: one unit per decoder layer and the root,
+    use_orig_params=True (a unit's parameters are then free to differ in requires_grad)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+    units = units or functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={Qwen2DecoderLayer})
+    return FullyShardedDataParallel(model, auto_wrap_policy=units, device_id=torch.device("cpu"),
+                                    use_orig_params=use_orig_params)
+
+
+def fsdp1_step(out_dir: str) -> None:
+    """FSDP1 with an AdamW step on the original parameters inside the traced block (the optimizer watched),
+    then use_orig_params=False refused in one line."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = fsdp1(build_model())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    with Tracer(model, optimizer=optimizer) as tracer:
+        loss_of(model, global_batch().chunk(world)[rank]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = {"rank": rank, "lora": lora_rows(tracer.result(), ("update_ratio_A", "update_ratio_B", "optimizer_steps"))}
+    # use_orig_params=False: a unit's parameters must agree on requires_grad, so each LoRA Linear is a unit
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+    lora_units = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: isinstance(m, torch.nn.Linear)
+                                   and m.weight.requires_grad)
+    flat = fsdp1(build_model(), use_orig_params=False, units=lora_units)
+    try:
+        Tracer(flat).__enter__()
+    except Exception as e:  # noqa: BLE001 - what the user would read
+        out["refused"] = f"{type(e).__name__}: {e}"
+    with open(os.path.join(out_dir, f"fsdp1_step-{rank}.json"), "w") as f:
+        json.dump(out, f)
+
+
+def lora_rows(run_record: dict, extra: tuple = ()) -> list:
+    return [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B", *extra)}
+            for r in run_record["lora"]]
 
 
 def fsdp_step(out_dir: str) -> None:
@@ -126,28 +174,32 @@ def trainer(out_dir: str) -> None:
                    "traced_rank": callback.results.get(1, {}).get("rank")}, f)
 
 
-def zero3(out_dir: str) -> None:
-    """DeepSpeed ZeRO-3 (CPU, gloo): parameters are empty outside their module's forward and gradients
-    partitioned; the norms come through DeepSpeed's own safe_get_full_grad."""
+def zero(stage: int, out_dir: str) -> None:
+    """DeepSpeed ZeRO-1/2/3 (CPU, gloo), the LM head also in modules_to_save: under ZeRO-3 parameters are
+    empty outside their module's forward; under every stage .grad is None after engine.backward (the reduced
+    gradient sits in DeepSpeed's partitioned buffers). The norms come through DeepSpeed's safe_get_full_grad."""
     import deepspeed
     rank, world = dist.get_rank(), dist.get_world_size()
     deepspeed.init_distributed(dist_backend="gloo")  # the process group exists: DeepSpeed takes it
-    model = build_model()
-    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3},
+    model = build_model(modules_to_save=["lm_head"])
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage},
               "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}}}
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     with Tracer(engine.module) as tracer:
         engine.backward(loss_of(engine, global_batch().chunk(world)[rank]))
     run_record = tracer.result()
-    out = {"rank": rank, "lora": [{k: r[k] for k in ("path", "adapter", "status", "grad_norm_A", "grad_norm_B")}
-                                  for r in run_record["lora"]],
-           "empty_outside_forward": all(p.numel() == 0 for n, p in engine.module.named_parameters() if "lora_B" in n)}
-    with open(os.path.join(out_dir, f"zero3-{rank}.json"), "w") as f:
+    lora_b = [p for n, p in engine.module.named_parameters() if "lora_B" in n]
+    out = {"rank": rank, "lora": lora_rows(run_record), "saved_modules": run_record["saved_modules"],
+           "empty_outside_forward": all(p.numel() == 0 for p in lora_b),
+           "grad_is_none": all(p.grad is None for p in lora_b)}
+    engine.destroy()
+    with open(os.path.join(out_dir, f"zero{stage}-{rank}.json"), "w") as f:
         json.dump(out, f)
 
 
-MODES = {"fsdp_step": fsdp_step, "trainer": trainer, "zero3": zero3}
+MODES = {"fsdp_step": fsdp_step, "fsdp1_step": fsdp1_step, "trainer": trainer,
+         **{f"zero{stage}": functools.partial(zero, stage) for stage in (1, 2, 3)}}
 
 
 def main() -> None:

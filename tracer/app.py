@@ -137,8 +137,8 @@ def _write_outputs(args, report, out: Output, rank: int = 0) -> None:
         runs = {name: run for name, run in report.runs.items() if run.ok and run.calls is not None}
         written = write_job_traces(args.chrome_trace, {n: r.calls for n, r in runs.items()},
                                    {n: r.origin_unix_ns for n, r in runs.items()})
-        if rank == 0:
-            out.wrote(f"{args.chrome_trace}/rank*.json and {written[-1]}")
+        if rank == 0:  # NB: from the paths written, not the argument: "DIR/" would print DIR//rank*.json
+            out.wrote(f"{Path(written[0]).with_name('rank*.json')} and {written[-1]}")
     if rank != 0:
         return  # the other files: one each, from rank 0
     payload = report.to_dict()

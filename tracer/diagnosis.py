@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from .distributed import tensor_facts
+from .distributed import grad_norms, tensor_facts
 from .lora_params import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
 from .naming import collapse_paths
 from .records import LoraLayerRecord
@@ -266,36 +264,32 @@ def saved_modules(model, modules: list) -> list[dict]:
     ``not_executed``, ``original_ran`` (the frozen original ran instead: adapters disabled or another
     active), ``frozen``, ``no_gradient``."""
     records = {m.path: m for m in modules}
+    copies = [(path, adapter, list(copy.parameters())) for path, wrapper in model.named_modules()
+              if getattr(wrapper, "original_module", None) is not None
+              for adapter, copy in (getattr(wrapper, "modules_to_save", None) or {}).items()]
+    # every copy's norm at once: a collective when they are shards or DeepSpeed's (ZeRO's .grad is None)
+    norms = grad_norms([params for _, _, params in copies])
     out = []
-    for path, wrapper in model.named_modules():
-        copies = getattr(wrapper, "modules_to_save", None)
-        original = getattr(wrapper, "original_module", None)
-        if copies is None or original is None:
-            continue
-        for adapter, copy in copies.items():
-            params = list(copy.parameters())
-            ran = bool(records.get(f"{path}.modules_to_save.{adapter}") and
-                       records[f"{path}.modules_to_save.{adapter}"].executed)
-            original_ran = bool(records.get(f"{path}.original_module") and records[f"{path}.original_module"].executed)
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = float(torch.sqrt(sum(torch.linalg.vector_norm(g.detach(), dtype=torch.float32) ** 2 for g in grads))) \
-                if grads else None
-            if not ran and original_ran:
-                status, cause, hint = ("original_ran", "the frozen original ran, not the trained copy",
-                                       f"enable the adapters / set_adapter('{adapter}') for the training step")
-            elif not ran:
-                status, cause, hint = ("not_executed", "the module never ran in this pass",
-                                       "only list modules the strategy runs in modules_to_save")
-            elif not any(p.requires_grad for p in params):
-                status, cause, hint = ("frozen", "the copy's parameters have requires_grad=False",
-                                       "set requires_grad_(True) on modules_to_save copies")
-            elif not norm:
-                status, cause, hint = ("no_gradient", "it ran but no (non-zero) gradient reached it",
-                                       "check that the loss depends on its output")
-            else:
-                status, cause, hint = "ok", "gradients flow", ""
-            out.append({"path": path, "adapter": adapter, "executed": ran, "original_ran": original_ran,
-                        "grad_norm": norm, "status": status, "cause": cause, "hint": hint})
+    for (path, adapter, params), norm in zip(copies, norms):
+        ran = bool(records.get(f"{path}.modules_to_save.{adapter}") and
+                   records[f"{path}.modules_to_save.{adapter}"].executed)
+        original_ran = bool(records.get(f"{path}.original_module") and records[f"{path}.original_module"].executed)
+        if not ran and original_ran:
+            status, cause, hint = ("original_ran", "the frozen original ran, not the trained copy",
+                                   f"enable the adapters / set_adapter('{adapter}') for the training step")
+        elif not ran:
+            status, cause, hint = ("not_executed", "the module never ran in this pass",
+                                   "only list modules the strategy runs in modules_to_save")
+        elif not any(p.requires_grad for p in params):
+            status, cause, hint = ("frozen", "the copy's parameters have requires_grad=False",
+                                   "set requires_grad_(True) on modules_to_save copies")
+        elif not norm:
+            status, cause, hint = ("no_gradient", "it ran but no (non-zero) gradient reached it",
+                                   "check that the loss depends on its output")
+        else:
+            status, cause, hint = "ok", "gradients flow", ""
+        out.append({"path": path, "adapter": adapter, "executed": ran, "original_ran": original_ran,
+                    "grad_norm": norm, "status": status, "cause": cause, "hint": hint})
     return out
 
 

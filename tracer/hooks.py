@@ -177,14 +177,19 @@ class Tracer:
         if self.memory:
             self._memory = self.memory_source or (CudaAllocatorMemory(first.device.index) if self._cuda else None)
         self._now = self._cuda_event if self._cuda else time.perf_counter_ns
-        from .distributed import is_sharded, is_zero3, local
+        from .distributed import fsdp1_units, is_fsdp1_view, is_sharded, is_zero3, local
         params = [p for p in self.model.parameters() if p.device.type != "meta"]
         # FSDP2: parameters are DTensor shards (the unsharded storage is freed between passes), ZeRO-3's are
-        # empty between passes: the storage that exists now, and _pre adds the gathered ones as they come
-        self._sharded = any(is_sharded(p) or is_zero3(p) for p in params)
+        # empty between passes, FSDP1's views of a shard: the storage that exists now, and _pre adds the
+        # gathered ones as they come
+        self._sharded = any(is_sharded(p) or is_zero3(p) or is_fsdp1_view(p) for p in params)
+        units = fsdp1_units(self.model)  # refuses FSDP1 without use_orig_params on a LoRA model
+        self._fsdp1_flat = {idx: units[m] for idx, (_, m) in enumerate(modules) if m in units}
         # NB: storages by identity (_cdata), not address: FSDP2 frees a gathered weight's memory by resizing its
         # storage to 0, and an activation allocated there next must not pass for that weight
-        self._param_storage = {local(p).untyped_storage()._cdata for p in params}
+        # NB: not empty storages: FSDP1 and ZeRO-3 give a parameter a fresh size-0 tensor each time they release
+        # it, so its storage is freed later and an activation's may take its identity
+        self._param_storage = {s._cdata for s in (local(p).untyped_storage() for p in params) if s.nbytes()}
         # a LoRA layer's base weight saved for backward while the layer never ran: read directly (a fused loss)
         from .lora_params import lora_layers
         self._lora_weights = {local(layer.get_base_layer().weight).untyped_storage()._cdata: path
@@ -255,7 +260,11 @@ class Tracer:
                 [_meta(t) for t in items], None, 0, False, 0, None, None, None, None, None, []]
         cid = len(self._calls)
         self._calls.append(call)
-        if self._sharded:  # FSDP2 / ZeRO-3 have just gathered the weights: they are not activations
+        if self._fsdp1_flat:  # FSDP1 gathered its unit into the FlatParameter before calling the module it wraps
+            flat = self._fsdp1_flat.get(idx)
+            if flat is not None:
+                self._param_storage.add(flat.untyped_storage()._cdata)
+        elif self._sharded:  # FSDP2 / ZeRO-3 have just gathered the weights: they are not activations
             for param in module._parameters.values():
                 if param is not None and type(param) is not torch.distributed.tensor.DTensor:
                     self._param_storage.add(param.untyped_storage()._cdata)

@@ -9,11 +9,24 @@ def is_under(path: str, root: str | None) -> bool:
     return root is not None and (path == root or path.startswith(root + "."))
 
 
+# modules that wrap one child in place and name it so: FSDP1's units, activation checkpointing's wrapper
+_WRAPPED = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
 def short(path: str) -> str:
-    """A module path without PEFT's wrapper prefix, for people (the JSON keeps the full path)."""
+    """A module path without PEFT's wrapper prefix and FSDP1's / checkpointing's wrapper segments, for people
+    (the JSON keeps the full path)."""
+    if any(name in path for name in _WRAPPED):
+        path = ".".join(part for part in path.split(".") if part not in _WRAPPED)
     if path in ("base_model", "base_model.model"):
         return ""  # PEFT's wrappers stand for the model itself
     return strip_peft_prefix(path)
+
+
+def label(path: str) -> str:
+    """``short(path)``, never blank: the module a tracer was given (a DDP or FSDP1 wrapper, or the PeftModel)
+    is ``(root)``, the wrappers below it that stand for the model too keep their path in parentheses."""
+    return short(path) or f"({path or 'root'})"
 
 
 def _ranges(indices: list[int]) -> str:

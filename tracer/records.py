@@ -87,6 +87,9 @@ class ModuleRecord:
     memory_delta_bytes: int | None
     peak_bytes: int | None
     grad_output_norm: float | None
+    # its own part of the backward: backward_ms less the windows opened inside it (rollup.own_backward_ns);
+    # these add up over modules, backward_ms windows do not
+    self_backward_ms: float | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

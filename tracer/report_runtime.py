@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .naming import short
+from .naming import label, short
 from .sections import Section
 
 
@@ -210,7 +210,8 @@ def render_confirmation(verdicts: list, runs: dict | None = None) -> Section:
 
 def render_ranks(distributed: dict, top: int = 5) -> Section:
     """Each strategy's ranks merged: per stage every rank's forward + backward ms, the slowest rank and its
-    skew (slowest over the median); the most skewed modules; whether the LoRA statuses agree."""
+    skew (slowest over the median); per stage, the modules where its slowest rank loses the time; whether the
+    LoRA statuses agree."""
     world = distributed["world_size"]
     blocks = []
     for name, merged in distributed["strategies"].items():
@@ -225,15 +226,35 @@ def render_ranks(distributed: dict, top: int = 5) -> Section:
                          "-" if s["skew"] is None else f"{s['skew']:.2f}×"])
         table = tabulate(rows, headers=["stage", *(f"rank {r} ms" for r in merged["ranks"]), "slowest", "skew"],
                          tablefmt="simple", disable_numparse=True)
-        # NB: ranked by the time the slowest rank loses, not the ratio: a tiny module's ratio is noise
-        skewed = sorted((m for m in merged["modules"] if m["excess_ms"]), key=lambda m: -m["excess_ms"])[:top]
-        lines = [f"{name}: forward + backward per rank", table, "  most time lost to the slowest rank: " + ", ".join(
-            f"{short(m['path'])} (rank {m['slowest_rank']} +{m['excess_ms']:.2f} ms, {m['skew']:.2f}×)"
-            for m in skewed)]
+        lines = [f"{name}: forward + backward per rank", table, *_time_lost(merged, top)]
         lines += agreement_lines(merged, "  ", top)
         blocks.append("\n".join(lines))
     title = f"{world} ranks ({distributed['backend']}, {distributed['parallel'].upper()}), merged on rank 0"
     return Section("RANKS", title, "\n\n".join(blocks))
+
+
+def _time_lost(merged: dict, top: int, stages: int = 3) -> list:
+    """Per stage that one rank is slowest in (the most time lost first): the modules where that rank loses it,
+    each with its own ms over the median. Own times (self forward, own backward) add up to the stage's, so
+    the modules named are the stage's and its slowest rank's: with 2 ranks their excesses sum to the stage's.
+    Ranked by ms, not by ratio: a tiny module's ratio is noise."""
+    import statistics
+    lines = []
+    lossy = sorted((s["excess_ms"], name, s["slowest_rank"]) for name, s in merged["stages"].items()
+                   if s["excess_ms"])[::-1]
+    for excess, name, rank in lossy[:stages]:
+        lost = []
+        for m in merged["modules"]:
+            if m["stage"] != name or m["forward_ms"][rank] is None:
+                continue
+            times = [f + (b or 0.0) for f, b in zip(m["forward_ms"], m["backward_ms"]) if f is not None]
+            over = m["forward_ms"][rank] + (m["backward_ms"][rank] or 0.0) - statistics.median(times)
+            if over > 0:
+                lost.append((over, m["path"]))
+        modules = ", ".join(f"{label(path)} +{over:.2f} ms" for over, path in sorted(lost)[::-1][:top])
+        where = f", most in {modules}" if modules else ""
+        lines.append(f"  {name}: rank {rank} +{excess:.2f} ms over the median{where}")
+    return lines
 
 
 def agreement_lines(merged: dict, indent: str, top: int = 5) -> list:

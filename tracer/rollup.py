@@ -95,6 +95,34 @@ def backward_windows(collected: Collected, calls: list[CallRecord]) -> tuple[lis
     return bw_start, bw_end
 
 
+def own_backward_ns(bw_start: list, bw_end: list) -> list:
+    """Per module index, the backward time that is its own (None without a window). The windows overlap: a
+    parent's covers its children's, and siblings that read one input (q/k/v_proj) all close when that input's
+    gradient is done, so one stretch (a wait in a collective, the OS running another process) is in every
+    window around it. Here each instant goes to the window that opened last among those open (autograd runs
+    one node at a time: the innermost running module), so the modules' own times add up to the backward
+    once, as their self forward times add up to the forward."""
+    import heapq
+    windows = sorted((s, e, i) for i, (s, e) in enumerate(zip(bw_start, bw_end))
+                     if s is not None and e is not None and e >= s)
+    own: list = [None] * len(bw_start)
+    for _, _, i in windows:
+        own[i] = 0
+    points = sorted({t for s, e, _ in windows for t in (s, e)})
+    heap: list = []  # (-start, -index, end): the latest opened on top; a later index is a deeper module
+    k = 0
+    for here, after in zip(points, points[1:]):
+        while k < len(windows) and windows[k][0] <= here:
+            s, e, i = windows[k]
+            heapq.heappush(heap, (-s, -i, e))
+            k += 1
+        while heap and heap[0][2] <= here:  # closed windows leave when they reach the top
+            heapq.heappop(heap)
+        if heap:
+            own[-heap[0][1]] += after - here
+    return own
+
+
 def module_records(collected: Collected, calls: list[CallRecord]) -> list[ModuleRecord]:
     """One record per registered module, executed or not, in ``named_modules()`` order."""
     n = len(collected.paths)
@@ -103,6 +131,7 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
     for call in calls:
         per[index[call.path]].append(call)
     bw_start, bw_end = backward_windows(collected, calls)
+    own_backward = own_backward_ns(bw_start, bw_end)
     norms = [[] for _ in range(n)]
     outputs_rg = [False] * n
     for c in collected.calls:
@@ -130,7 +159,8 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
             output_bytes=sum(c.output_bytes for c in own), saved_bytes=sum(c.saved_bytes for c in cs),
             memory_delta_bytes=first.memory_delta_bytes if first else None,
             peak_bytes=max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None),
-            grad_output_norm=norm))
+            grad_output_norm=norm,
+            self_backward_ms=None if own_backward[i] is None else own_backward[i] / 1e6))
     return records
 
 

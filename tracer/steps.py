@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .distributed import is_sharded, local, rank_info
+from .distributed import is_fsdp1_view, is_sharded, local, rank_info
 from .lora_params import lora_layers, lora_params
 
 
@@ -42,15 +42,16 @@ def _sumsq(t) -> float | None:
 class StepWatcher:
     """Registers on ``optimizer``; ``facts()`` after the steps. ``remove()`` takes its hooks off.
 
-    Under FSDP2 the LoRA parameters and their gradients are shards: each hook keeps this rank's squared
-    sums, and the step hooks (which every rank runs, in the same order) sum them over the ranks at once."""
+    Under FSDP2 (and FSDP1's views) the LoRA parameters and their gradients are shards: each hook keeps this
+    rank's squared sums, and the step hooks (which every rank runs, in the same order) sum them over the ranks
+    at once. (FSDP1's originals never see their gradient accumulate: ``.grad`` is read at the step.)"""
 
     def __init__(self, model, optimizer):
         self.optimizer = optimizer
         self.layers = [(path, adapter, a, b, layer) for path, layer in lora_layers(model)
                        for adapter, a, b in lora_params(layer)]
         self.magnitudes = [_magnitude(layer, adapter) for _, adapter, _, _, layer in self.layers]
-        self.sharded = any(is_sharded(p) for _, _, a, b, _ in self.layers for p in (a, b))
+        self.sharded = any(is_sharded(p) or is_fsdp1_view(p) for _, _, a, b, _ in self.layers for p in (a, b))
         self.steps = 0
         self._before: dict = {}
         self._last: dict = {}
@@ -75,12 +76,14 @@ class StepWatcher:
     def _over_ranks(self, rows: list) -> list:
         """Sum rows of squared norms over the ranks (one all-reduce) when the parameters are sharded;
         square roots of the sums; None stays None."""
-        if self.sharded and rank_info() is not None:
+        if self.sharded and rows and rank_info() is not None:
             import torch.distributed as dist
-            flat = torch.tensor([[-1.0 if v is None else v for v in row] for row in rows], dtype=torch.float64)
-            present = flat >= 0
-            dist.all_reduce(flat.clamp_(min=0), op=dist.ReduceOp.SUM)
-            rows = [[v if ok else None for v, ok in zip(r, p)] for r, p in zip(flat.tolist(), present.tolist())]
+            # each value beside whether this rank has it: FSDP1 gives no .grad where a rank holds none of it
+            width = len(rows[0])
+            flat = torch.tensor([[v or 0.0 for v in row] + [float(v is not None) for v in row] for row in rows],
+                                dtype=torch.float64)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            rows = [[v if n > 0 else None for v, n in zip(r[:width], r[width:])] for r in flat.tolist()]
         return [[None if v is None else math.sqrt(v) for v in row] for row in rows]
 
     def remove(self) -> None:
