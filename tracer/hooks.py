@@ -10,22 +10,18 @@ from __future__ import annotations
 import sys
 import time
 import weakref
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.nn as nn
 
+from .collected import (_BW_END, _BW_START, _END, _GRAD, _IDX, _INPUTS, _MEM_AFTER, _MEM_BEFORE, _NORMS,  # noqa: I001
+                        _OUT_BYTES, _OUT_RG, _OUTPUTS, _PARENT, _PEAK, _RECOMPUTE, _SAVED, _START, Collected)
+from .pass_facts import autograd_off_how, compiled_model, step_fault
 from .records import CallRecord, ModuleRecord
 
-# Slots of one call record while tracing (a list: cheaper than an object on the hot path).
-(_IDX, _PARENT, _START, _END, _GRAD, _RECOMPUTE, _INPUTS, _OUTPUTS, _OUT_BYTES, _OUT_RG, _SAVED,
- _MEM_BEFORE, _MEM_AFTER, _PEAK, _BW_START, _BW_END, _NORMS) = range(17)
 _MAX_ITEMS = 32  # inputs/outputs described per call: enough for HF layers, bounded for huge tuples
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
-_CALL_IMPL = nn.Module._call_impl.__code__  # one frame per module call (its _wrapped_call_impl is another)
-_FUNCTION_APPLY = torch.autograd.Function.apply.__func__.__code__
-_MAX_FRAMES = 64  # frames searched for an autograd Function between a module and its caller
 
 
 def _in_backward() -> bool:
@@ -47,67 +43,6 @@ def _flatten(obj, out: list, depth: int = 0) -> list:
     elif obj is not None and not isinstance(obj, (bool, int, float, str)):
         out.append(type(obj).__name__)
     return out
-
-
-class CudaAllocatorMemory:
-    """The CUDA caching allocator's bytes in use, as a memory source for the Tracer: ``read()`` gives
-    (current, peak since ``reset_peak()``). tensor_memory.TensorMemory is the other source (any device)."""
-
-    def __init__(self, device_index: int | None):
-        self.device_index = device_index
-
-    def read(self) -> tuple[int, int]:
-        # NB: memory_allocated() and max_memory_allocated() each flatten and sort every allocator
-        # statistic (~100 µs a call on the hot path): one nested query gives both
-        stat = torch.cuda.memory_stats_as_nested_dict(self.device_index)["allocated_bytes"]["all"]
-        return stat["current"], stat["peak"]
-
-    def reset_peak(self) -> None:
-        torch.cuda.reset_peak_memory_stats(self.device_index)
-
-
-def _autograd_off_how() -> str:
-    """Why autograd is off for a module call whose caller had it on (called from ``_pre`` only at such a
-    boundary, so the hot path pays nothing): ``inference_mode``, ``function:NAME`` when an autograd Function's
-    forward runs the module (a reentrant checkpoint: torch.utils.checkpoint's CheckpointFunction, Unsloth's
-    checkpointer), else ``no_grad``."""
-    if torch.is_inference_mode_enabled():
-        return "inference_mode"
-    frame, passed_own_call = sys._getframe(2), False
-    for _ in range(_MAX_FRAMES):
-        if frame is None:
-            break
-        code = frame.f_code
-        if code is _CALL_IMPL:
-            if passed_own_call:
-                break  # the caller's own module call: nothing between
-            passed_own_call = True
-        elif code is _FUNCTION_APPLY:
-            function = frame.f_locals.get("cls")
-            return f"function:{getattr(function, '__qualname__', 'Function')}"
-        frame = frame.f_back
-    return "no_grad"
-
-
-def _step_fault(output, grad_enabled: bool) -> str | None:
-    """Why a top-level call's step cannot succeed, or None: it raised, or its loss cannot be backpropagated."""
-    error = sys.exc_info()[1]
-    if output is None and error is not None:
-        return f"the forward raised {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-    if grad_enabled and isinstance(loss, torch.Tensor) and loss.grad_fn is None and not loss.requires_grad:
-        return ("the loss has no grad_fn although autograd is on: nothing trainable took part in it, so its "
-                "backward raises 'element 0 of tensors does not require grad'")
-    return None
-
-
-def _compiled_model(modules: list) -> bool:
-    """A root compiled with torch.compile(model), a compiled submodule, or module.compile()."""
-    if "torch._dynamo" not in sys.modules:  # nothing can have been compiled
-        return False
-    from torch._dynamo.eval_frame import OptimizedModule
-    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
-               for _, m in modules)
 
 
 def _meta(item):
@@ -175,6 +110,7 @@ class Tracer:
         self._cuda = first is not None and first.device.type == "cuda"
         self._memory = None
         if self.memory:
+            from .memory import CudaAllocatorMemory
             self._memory = self.memory_source or (CudaAllocatorMemory(first.device.index) if self._cuda else None)
         self._now = self._cuda_event if self._cuda else time.perf_counter_ns
         from .distributed import fsdp1_units, is_fsdp1_view, is_sharded, is_zero3, local
@@ -197,7 +133,7 @@ class Tracer:
                               if getattr(layer.get_base_layer(), "weight", None) is not None
                               and layer.get_base_layer().weight.device.type != "meta"}
         self._weights_saved: set = set()
-        self.compiled = wrapper is not self.model or _compiled_model(modules)
+        self.compiled = wrapper is not self.model or compiled_model(modules)
         self._stance = None
         try:
             if self.compiled:  # NB: compiled code skips hooks added after compiling (pytorch#117758): run eager
@@ -269,7 +205,7 @@ class Tracer:
                 if param is not None and type(param) is not torch.distributed.tensor.DTensor:
                     self._param_storage.add(param.untyped_storage()._cdata)
         if not grad and not call[_RECOMPUTE] and (not self._stack or self._calls[self._stack[-1]][_GRAD]):
-            self._grad_off[cid] = _autograd_off_how()
+            self._grad_off[cid] = autograd_off_how()
         if not self._stack and "labels" in kwargs:  # NB: the root's call only: one check a pass
             labels = kwargs["labels"]
             if isinstance(labels, torch.Tensor) and labels.dim() >= 1 and labels.numel():
@@ -330,7 +266,7 @@ class Tracer:
                 parent[_PEAK] = max(parent[_PEAK] or 0, call[_PEAK])
         # NB: a top-level call, once a pass; not a checkpoint's replay in backward, which stops itself by raising
         if not self._stack and self.on_fault is not None and not call[_RECOMPUTE]:
-            fault = _step_fault(output, grad)
+            fault = step_fault(output, grad)
             if fault is not None:
                 self.on_fault(self, fault)
         return None
@@ -444,30 +380,6 @@ class Tracer:
             from .discovery import static_report
             self.component_of = static_report(self.model).component_of
         return self.component_of
-
-
-@dataclass
-class Collected:
-    """What a Tracer collected: per module index its path, class and whether it is a container; per call
-    the raw slots (``_IDX`` … ``_NORMS``, times in ns); parameter gradient times; the clock used."""
-    paths: list
-    classes: list
-    containers: list
-    calls: list
-    param_times: list
-    clock: str
-    failed_in: str | None
-    steps: dict | None = None  # (LoRA path, adapter) -> steps.StepFacts, with an optimizer
-    supervised_tokens: list | None = None  # per sample of the root calls given labels: labels that are not -100
-    grad_off: dict = field(default_factory=dict)  # call id -> how autograd was off (its caller had it on)
-    weights_saved: frozenset = frozenset()  # LoRA layer paths whose base weight autograd saved
-    compiled: bool = False  # a torch.compile'd model, traced eagerly
-    origin_unix_ns: int = 0  # the wall clock when the tracer was entered (times are ns since then)
-
-    @property
-    def labels_all_masked(self) -> bool:
-        """Labels reached the model and every one is -100: the loss supervises nothing."""
-        return bool(self.supervised_tokens) and not any(self.supervised_tokens)
 
 
 def _unpack(tensor):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .hooks import (
+from .collected import (
     _BW_END,
     _BW_START,
     _END,
