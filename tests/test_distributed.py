@@ -193,17 +193,22 @@ def reference_step():
     return {n: float((p.detach() - before[n]).norm() / before[n].norm()) for n, p in params.items()}
 
 
+def assert_step_equals_reference(layer: dict, path: str, reference: dict, reference_step: dict) -> None:
+    """One layer's gradient norms and update ratios equal one process's step on the global batch."""
+    stem = f"{path}.{{}}.{layer['adapter']}.weight"
+    assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
+    assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
+    assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
+    assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+
+
 def test_fsdp_optimizer_step_is_seen_whole_on_every_rank(ranks, reference, reference_step):
     """With the optimizer watched under FSDP2: gradient norms (kept through zero_grad) and update ratios
     are of the whole parameters, equal on both ranks to one process's step on the global batch."""
     for out in ranks["fsdp_step"]:
         assert {r["status"] for r in out["lora"]} == {"ok"} and {r["optimizer_steps"] for r in out["lora"]} == {1}
         for layer in out["lora"]:
-            stem = f"{layer['path']}.{{}}.{layer['adapter']}.weight"
-            assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
-            assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
-            assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
-            assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+            assert_step_equals_reference(layer, layer["path"], reference, reference_step)
 
 
 def test_fsdp1_optimizer_step_is_seen_whole_and_use_orig_params_false_is_refused(ranks, reference, reference_step):
@@ -213,11 +218,7 @@ def test_fsdp1_optimizer_step_is_seen_whole_and_use_orig_params_false_is_refused
     for out in ranks["fsdp1_step"]:
         assert {r["status"] for r in out["lora"]} == {"ok"} and len(out["lora"]) == 6
         for layer in out["lora"]:
-            stem = f"{canonical(layer['path'])}.{{}}.{layer['adapter']}.weight"
-            assert layer["grad_norm_A"] == pytest.approx(reference[stem.format("lora_A")], rel=1e-5)
-            assert layer["grad_norm_B"] == pytest.approx(reference[stem.format("lora_B")], rel=1e-5)
-            assert layer["update_ratio_A"] == pytest.approx(reference_step[stem.format("lora_A")], rel=1e-4)
-            assert layer["update_ratio_B"] == pytest.approx(reference_step[stem.format("lora_B")], rel=1e-4)
+            assert_step_equals_reference(layer, canonical(layer["path"]), reference, reference_step)
         assert out["refused"] == ("TracerError: FSDP1 with use_orig_params=False hides LoRA gradients inside "
                                   "FlatParameter shards: wrap with use_orig_params=True, or use FSDP2 (fully_shard)")
 

@@ -31,3 +31,13 @@ class Collected:
     def labels_all_masked(self) -> bool:
         """Labels reached the model and every one is -100: the loss supervises nothing."""
         return bool(self.supervised_tokens) and not any(self.supervised_tokens)
+
+
+@dataclass(frozen=True)
+class AutogradOff:
+    """Where autograd was switched off above a module that ran without it: ``boundary``, the outermost call
+    without autograd; ``caller``, the module whose forward called it (None: the user's code); ``how``:
+    ``no_grad``, ``inference_mode`` or ``function:NAME`` (an autograd Function ran it: a reentrant checkpoint)."""
+    boundary: str
+    caller: str | None
+    how: str

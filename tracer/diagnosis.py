@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from .collected import AutogradOff
 from .distributed import grad_norms, tensor_facts
 from .lora_params import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
 from .naming import collapse_paths
@@ -15,16 +16,6 @@ from .vocab import strip_peft_prefix
 from .vocab import LORA_STATUSES
 
 STATUSES = LORA_STATUSES
-
-
-def _reentrant_checkpoint_above(modules: dict, path: str) -> bool:
-    parts = path.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module = modules.get(".".join(parts[:i]))
-        func = getattr(module, "_gradient_checkpointing_func", None)
-        if getattr(module, "gradient_checkpointing", False) and module.training and func is not None:
-            return bool(getattr(func, "keywords", {}).get("use_reentrant", False))
-    return False
 
 
 def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict | None = None,
@@ -39,7 +30,6 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
     grad_any = {}
     for call in calls:
         grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
-    modules_by_path = dict(model.named_modules())  # once, not per layer
     ran = {component_of.get(m.path, "other") for m in modules if m.executed}
     layers = []
     for path, layer in lora_layers(model):
@@ -60,8 +50,10 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
         if rec is None or not rec.executed:
             status, cause, hint = _not_executed(path, component, path in weights_saved, ran)
         else:
-            status, cause, hint = _classify(modules_by_path, path, layer, adapter, rec, branch, grad_any.get(path),
-                                            a, b, norms, b_zero, finite, (autograd_off or {}).get(path), component)
+            status, cause, hint = _classify(layer, adapter, rec, branch, grad_any.get(path),
+                                            a, b, norms, b_zero, finite,
+                                            (autograd_off or {}).get(path) or AutogradOff(path, None, "no_grad"),
+                                            component)
         if step is not None or labels_masked:
             status, cause, hint = _after_gradients(status, cause, hint, step, steps is not None, labels_masked)
         extra = {} if step is None else dict(
@@ -136,18 +128,11 @@ def _frozen(adapter: str):
             "before get_peft_model")
 
 
-def _no_grad(modules: dict, path: str, off, component: str):
+def _no_grad(off: AutogradOff, component: str):
     """no_grad_mode, with where autograd was switched off (rollup.AutogradOff) and how."""
-    if off is None:  # (no record of where: an older collection)
-        if _reentrant_checkpoint_above(modules, path):
-            return ("no_grad_mode", "it ran with autograd off: reentrant gradient checkpointing whose inputs "
-                                    "need no grad runs the block under no_grad and never replays it",
-                    "model.enable_input_require_grads(), or gradient_checkpointing_kwargs={'use_reentrant': False}")
-        return ("no_grad_mode", "it ran with autograd off (torch.no_grad() or torch.inference_mode())",
-                "run the forward of the training step with autograd enabled")
     boundary, caller = _shown(off.boundary), _shown(off.caller)
-    if off.how.startswith("function:") or (off.how == "no_grad" and _reentrant_checkpoint_above(modules, path)):
-        function = off.how.partition(":")[2] or "CheckpointFunction"
+    if off.how.startswith("function:"):
+        function = off.how.partition(":")[2]
         reach = ("enable_input_require_grads() hooks the language model's input embeddings only: make this "
                  f"component's input need grad (a forward hook on {component}'s first layer that calls "
                  "output.requires_grad_(True))" if component != "language_model"
@@ -173,8 +158,8 @@ def _shown(path: str | None) -> str | None:
     return "the root module" if path == "" else strip_peft_prefix(path) if path is not None else None
 
 
-def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, finite: bool,
-              off=None, component: str = "other"):
+def _classify(layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, finite: bool,
+              off: AutogradOff, component: str):
     norm_a, norm_b, norm_m = norms
     if not (a.requires_grad or b.requires_grad):
         return _frozen(adapter)
@@ -189,7 +174,7 @@ def _classify(modules, path, layer, adapter, rec, branch, grad_any, a, b, norms,
                             "(disable_adapter() context or disable_adapters=True)",
                 "run the training step outside disable_adapter()")
     if not grad_any:
-        return _no_grad(modules, path, off, component)
+        return _no_grad(off, component)
     present = [n for n in (norm_a, norm_b, norm_m) if n is not None]
     if any(not math.isfinite(n) for n in present) or not finite:
         return ("nonfinite", "NaN or Inf in its gradients",

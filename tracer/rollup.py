@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .collected import (
+    AutogradOff,
     _BW_END,
     _BW_START,
     _END,
@@ -162,16 +163,6 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
             grad_output_norm=norm,
             self_backward_ms=None if own_backward[i] is None else own_backward[i] / 1e6))
     return records
-
-
-@dataclass(frozen=True)
-class AutogradOff:
-    """Where autograd was switched off above a module that ran without it: ``boundary``, the outermost call
-    without autograd; ``caller``, the module whose forward called it (None: the user's code); ``how``:
-    ``no_grad``, ``inference_mode`` or ``function:NAME`` (an autograd Function ran it: a reentrant checkpoint)."""
-    boundary: str
-    caller: str | None
-    how: str
 
 
 def autograd_off(collected: Collected) -> dict:
