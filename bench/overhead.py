@@ -51,7 +51,7 @@ def medium_model():
 
     from tracer.audio import load_clip
     from tracer.discovery import static_report
-    from tracer.inputs import prepare_inputs
+    from tracer.families import prepare_inputs
     from tracer.loading import BUILTIN_CLIP, BUILTIN_MODEL_DIR
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**MEDIUM)).eval()

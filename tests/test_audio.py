@@ -10,7 +10,7 @@ import torch
 from tracer.audio import load_clip
 from tracer.discovery import static_report
 from tracer.errors import TracerError
-from tracer.inputs import prepare_inputs
+from tracer.families import prepare_inputs
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def clips_made_here(directory, loaded) -> list:
     from test_strategies_support import ROOT
 
     from tracer.audio import load_clip
-    from tracer.inputs import prepare_inputs
+    from tracer.families import prepare_inputs
     audio, rate = sf.read(f"{ROOT}/samples/sample.wav", dtype="float32")
     encoder = loaded.model.model.audio_tower
     fulls = []

@@ -4,7 +4,7 @@ import os
 import models
 
 from tracer.audio import load_clip
-from tracer.inputs import prepare_inputs
+from tracer.families import prepare_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

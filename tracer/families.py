@@ -19,7 +19,10 @@ from typing import Callable
 from .audio import Clip
 from .errors import TracerError
 from .inputs import (
+    DEFAULT_PROMPT,
+    DEFAULT_TARGET,
     IGNORE_INDEX,
+    AudioAccounting,
     ModelInputs,
     audio_in_prompt_inputs,
     audio_kwargs_for,
@@ -27,6 +30,7 @@ from .inputs import (
     encoder_features,
     encoder_hidden,
     encoder_lengths,
+    feature_extractor_of,
     no_tokenizer_fits,
     text_vocab_size,
 )
@@ -160,7 +164,6 @@ def qformer_window_inputs(processor, model, encoder, clip: Clip, prompt: str, ta
 
 
 def _frames_accounting(frames: int):
-    from .inputs import AudioAccounting
     return AudioAccounting(mel_frames=frames, mel_frames_padded=frames, encoder_frames=None, audio_tokens=None,
                            padded_fraction=0.0, length_function="")
 
@@ -208,7 +211,6 @@ def phi4_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str)
     embedding takes them as ``hidden_states`` with a ``mask``. The prompt is built here with that count."""
     import torch
 
-    from .inputs import AudioAccounting, feature_extractor_of
     fe = feature_extractor_of(processor)
     feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
     features = feats["audio_input_features"]
@@ -241,7 +243,6 @@ def codec_inputs(processor, model, codec, clip: Clip, prompt: str, target: str) 
     then text padding; the loss is on the text stream. It takes no prompt; audio_tower does not apply."""
     import torch
 
-    from .inputs import AudioAccounting, feature_extractor_of
     fe = feature_extractor_of(processor)
     feats = fe(clip.waveform, sampling_rate=clip.info.sample_rate, return_tensors="pt")
     config = model.config
@@ -319,3 +320,9 @@ def family_of(model) -> Family:
     """The entry for ``model`` (a PeftModel is matched by the model it wraps)."""
     name = type(_inner_model(model)).__name__
     return next((f for f in FAMILIES if name in f.classes), GENERIC)
+
+
+def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
+                   target: str = DEFAULT_TARGET) -> ModelInputs:
+    """Build both strategies' inputs from one clip, as the model's family takes them."""
+    return family_of(model).build(processor, model, encoder, clip, prompt, target)

@@ -48,13 +48,6 @@ def feature_extractor_of(processor):
     return processor
 
 
-def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
-                   target: str = DEFAULT_TARGET) -> ModelInputs:
-    """Build both strategies' inputs from one clip, as the model's family takes them (families.py)."""
-    from .families import family_of
-    return family_of(model).build(processor, model, encoder, clip, prompt, target)
-
-
 def encoder_features(processor, encoder, clip: Clip):
     """The encoder's inputs for the clip, through the processor's feature extractor, and the accounting of
     frames. Whisper-style extractors pad to their window (30 s, 3000 frames); a mask goes along under the

@@ -224,14 +224,8 @@ def _note(trace: _Draft, observe: Observer, text: str) -> None:
 
 def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft, observe: Observer):
     from .audio import load_clip
-    from .families import family_of
-    from .inputs import (
-        DEFAULT_PROMPT,
-        DEFAULT_TARGET,
-        feature_extractor_of,
-        prepare_inputs,
-        prepare_text_inputs,
-    )
+    from .families import family_of, prepare_inputs
+    from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_text_inputs
     from .loading import processor_for
     prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
     if report.audio_encoder is None and report.audio_codec is None:
