@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a lent CUDA machine (see README "GPU figures"). Each step is bounded and
+# The GPU checks in one run, for a lent CUDA machine (see docs/performance.md, "GPU figures"). Each step is bounded and
 # independent: one failing step does not hide the others. Writes into ${OUT:-gpu-out}/:
 #   log.txt (every step's output), tiny.json, 7b.json, overhead_gpu.json, tiny.png, pytest.txt
 # Run on the device:  bash bench/gpu_check.sh   (about 5 minutes on an H200)

@@ -3,7 +3,7 @@
 
 Run on a machine with a GPU (about 60 GB free):  python3 bench/gpu_strategies.py [--repeats 5] [--lora]
 Prints the per-strategy tables and the comparison as `bin/trace` does (it is `tracer.trace_clip` underneath).
-Without --lora every parameter is trainable, as in the first GPU run (README, GPU figures).
+Without --lora every parameter is trainable, as in the first GPU run (docs/performance.md, GPU figures).
 """
 import argparse
 import os

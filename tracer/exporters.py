@@ -1,4 +1,5 @@
-"""Exporters: Chrome/Perfetto trace, Markdown and a PNG plot, each written atomically (temp file, rename)."""
+"""Exporters: the Chrome/Perfetto trace (one file, or one per rank and a job file under torchrun) and a
+PNG plot; atomic writes (temp file, rename) that follow the umask."""
 from __future__ import annotations
 
 import os

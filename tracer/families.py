@@ -41,7 +41,7 @@ class Family:
     name: str
     classes: tuple  # model class names this entry covers
     build: Callable  # (processor, model, encoder, clip, prompt, target) -> ModelInputs
-    what_runs: str  # for the README's table and the report: what full_forward runs on
+    what_runs: str  # for the table in docs/families.md and the report: what full_forward runs on
     feature_extractor: Callable | None = None  # for a checkpoint that ships none, when Whisper's does not fit
     takes_codec: bool = False  # build() gets the codec front end (no audio encoder) in the encoder's place
 

@@ -1,4 +1,5 @@
-"""Reporting: render records as text (tabulate) and write JSON atomically. The only place that formats."""
+"""Reporting: the static report (steps 1-8, the module tree) and the clip rendered as text sections
+(tabulate); the clip record."""
 from __future__ import annotations
 
 from tabulate import tabulate
