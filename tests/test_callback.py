@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from test_hooks import hook_counts
-from test_strategies_support import tiny_inputs
+from helpers import hook_counts
+from helpers import tiny_inputs
 from transformers import Trainer, TrainingArguments
 
 from tracer.callback import TracerCallback
@@ -31,7 +31,7 @@ def clips_made_here(directory, loaded) -> list:
     """Three clips cut from the shipped recording (different lengths, so different numbers of audio
     tokens), written as files and read back as the tool reads any clip."""
     import soundfile as sf
-    from test_strategies_support import ROOT
+    from helpers import ROOT
 
     from tracer.audio import load_clip
     from tracer.families import prepare_inputs
@@ -165,7 +165,7 @@ def test_trl_sft_trainer_step_is_traced(tmp_path):
 
 def tracer_hooks(model) -> list:
     """Hooks on the model whose function comes from this package."""
-    from test_hooks import HOOK_DICTS
+    from helpers import HOOK_DICTS
     found = []
     for module in model.modules():
         hooks = [h for d in HOOK_DICTS for h in (getattr(module, d, None) or {}).values()]

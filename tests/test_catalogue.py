@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from peft import LoraConfig, get_peft_model
-from test_strategies_support import ROOT
+from helpers import ROOT
 
 from tracer.cli import main
 
@@ -167,8 +167,10 @@ def test_bad_input_is_one_line_and_exit_2(bad, capsys, monkeypatch, case, argv, 
         assert out == ""
 
 
-def test_catalogue_is_big_enough():
-    assert len(CASES) >= 30
+def test_each_case_is_one_distinct_situation():
+    """Two cases with one name, or one argv twice, would hide a situation the table claims to cover."""
+    assert len({c[0] for c in CASES}) == len(CASES)
+    assert len({tuple(c[1]) for c in CASES if not callable(c[1])}) == len([c for c in CASES if not callable(c[1])])
 
 
 def test_silence_and_clipping_are_allowed_with_a_warning(bad, capsys, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from test_strategies_support import tiny_inputs
+from helpers import tiny_inputs
 
 from tracer.hooks import Tracer
 

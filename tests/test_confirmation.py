@@ -1,7 +1,7 @@
 """The static report's claims checked against what ran: all hold on the built-in model; a run-time change
 turns the right claim red."""
 import torch
-from test_strategies_support import ROOT, tiny_inputs
+from helpers import ROOT, tiny_inputs
 
 from tracer.audio import load_clip
 from tracer.confirmation import confirm
@@ -47,7 +47,7 @@ def test_skipped_encoder_layer_at_run_time_refutes_layer_count():
 
 def test_clip_record_round_trip_is_what_confirmation_reads():
     loaded, inputs = tiny_inputs()
-    from test_strategies_support import ROOT
+    from helpers import ROOT
 
     from tracer.audio import load_clip
     record = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)

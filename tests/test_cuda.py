@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.fixture(scope="module")
 def cuda_tiny():
-    from test_strategies_support import tiny_inputs
+    from helpers import tiny_inputs
     loaded, inputs = tiny_inputs()
     model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).cuda()
     batch = {k: v.cuda() for k, v in inputs.full.items()}
@@ -73,7 +73,7 @@ def test_lora_grad_norms_match_autograd_on_cuda(cuda_tiny):
 def test_strategy_peak_counts_gradients_of_a_fully_trainable_model():
     """Every parameter trainable: the peak of full_forward must include the gradients (about the size of the
     weights), not only what is allocated on top of the previous pass's gradients."""
-    from test_strategies_support import tiny_inputs
+    from helpers import tiny_inputs
 
     from tracer.discovery import static_report
     from tracer.strategies import RunOptions, run_strategy
@@ -90,7 +90,7 @@ def test_strategy_peak_counts_gradients_of_a_fully_trainable_model():
 
 def test_strategy_memory_comes_from_its_own_pass(cuda_tiny):
     """The timed traced pass reads no allocator stats; module and call rows still carry memory."""
-    from test_strategies_support import tiny_inputs
+    from helpers import tiny_inputs
 
     from tracer.discovery import static_report
     from tracer.strategies import RunOptions, run_strategy

@@ -5,7 +5,7 @@ import models
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from test_strategies_support import tiny_inputs
+from helpers import tiny_inputs
 
 from tracer.diagnosis import dead_groups_of
 from tracer.discovery import static_report

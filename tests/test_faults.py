@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_hooks import hook_counts
+from helpers import hook_counts
 
 import tracer.loading
 from tracer.cli import main

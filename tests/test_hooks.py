@@ -7,17 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import HOOK_DICTS, hook_counts
+
 from tracer.hooks import Tracer
 
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
-
-
-def hook_counts(model):
-    counts = sum(len(getattr(m, d)) for m in model.modules() for d in HOOK_DICTS)
-    counts += sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters()
-                  if getattr(p, "_post_accumulate_grad_hooks", None))
-    return counts
 
 
 def snapshot(model):
@@ -39,7 +32,7 @@ def assert_unchanged(model, before):
 @pytest.fixture(scope="module")
 def tiny_run():
     """One traced forward+backward of the full tiny Qwen2-Audio on the shipped clip."""
-    from test_strategies_support import tiny_inputs
+    from helpers import tiny_inputs
     loaded, inputs = tiny_inputs()
     model = loaded.model
     before = snapshot(model)
@@ -123,7 +116,7 @@ def test_model_unchanged_and_no_hooks_left(tiny_run):
 
 
 def test_gradients_bitwise_equal_with_and_without_tracer():
-    from test_strategies_support import tiny_inputs
+    from helpers import tiny_inputs
     loaded, inputs = tiny_inputs()
     model = loaded.model
     model(**inputs.full).loss.backward()

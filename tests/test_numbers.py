@@ -4,7 +4,7 @@ fails here rather than printing a wrong but plausible table."""
 import models
 import pytest
 import torch
-from test_strategies_support import tiny_inputs
+from helpers import tiny_inputs
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tracer.confirmation import confirm

@@ -49,6 +49,17 @@ def test_png_is_a_real_image_of_the_stated_size(written):
     with Image.open(paths["png"]) as image:
         assert image.format == "PNG"
         assert image.size == (PLOT_SIZE[0] * PLOT_DPI, PLOT_SIZE[1] * PLOT_DPI)
+        width, height = image.size  # the LoRA panel is the second of four stacked ones
+        pixels = set(image.convert("RGB").crop((0, height // 4, width, height // 2)).getdata())
+    # the LoRA panel drew the statuses the run has, in their colours: ok (every layer under full_forward)
+    # and not_executed (the LM's layers under audio_tower); no colour of a status the run does not have
+    from matplotlib.colors import to_rgb
+
+    from tracer.exporters import STATUS_COLOURS
+
+    def drawn(status):
+        return tuple(round(255 * c) for c in to_rgb(STATUS_COLOURS[status])) in pixels
+    assert drawn("ok") and drawn("not_executed") and not drawn("nonfinite")
 
 
 def test_markdown_has_the_json_numbers(written):

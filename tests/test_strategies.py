@@ -4,8 +4,8 @@ import json
 import models
 import pytest
 import torch
-from test_hooks import hook_counts
-from test_strategies_support import tiny_inputs
+from helpers import hook_counts
+from helpers import tiny_inputs
 
 from tracer.cli import main
 from tracer.discovery import static_report
@@ -56,11 +56,15 @@ def test_run_record_shape_and_comparison(both):
     for run in runs.values():
         assert run.status == "ok"
         assert set(run.to_dict()["latency_ms"]) == {"median", "min", "max", "runs"} and run.latency_ms.runs == 1
-        assert run.peak_memory_bytes is not None and run.traced_over_untraced > 0
+        assert run.peak_memory_bytes is not None
+        # the overhead ratio is the traced pass (forward + backward) over the untraced medians, no other term
+        assert run.traced_over_untraced == run.traced_ms / (run.latency_ms.median + run.backward_ms.median)
     comparison = compare(runs, report)
     assert comparison.only_in_full_forward == ("lm_head", "model.language_model", "model.multi_modal_projector")
     assert "model.language_model.layers.0-1 ×2" in comparison.only_in_full_forward_layers
-    assert comparison.latency_ratio_full_over_tower > 0
+    tower, full = runs["audio_tower"], runs["full_forward"]
+    assert comparison.latency_ratio_full_over_tower == full.latency_ms.median / tower.latency_ms.median
+    assert comparison.memory_ratio_full_over_tower == full.peak_memory_bytes / tower.peak_memory_bytes
 
 
 def test_tower_loss_matches_its_definition(both):

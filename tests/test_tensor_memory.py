@@ -4,7 +4,7 @@ import gc
 import models
 import torch
 from peft import LoraConfig, get_peft_model
-from test_strategies_support import tiny_inputs
+from helpers import tiny_inputs
 
 from tracer.discovery import static_report
 from tracer.strategies import RunOptions, run_strategy

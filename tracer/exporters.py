@@ -123,7 +123,8 @@ def write_job_traces(directory, calls_by_name: dict, origins: dict) -> list:
 
 PLOT_SIZE = (10, 14)  # inches; at PLOT_DPI that is 1000 x 1400 pixels
 PLOT_DPI = 100
-STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "tab:gray", "frozen": "tab:blue",
+STATUS_COLOURS = {"ok": "tab:green", "zero_init": "tab:olive", "not_executed": "tab:gray", "bypassed": "magenta",
+                  "frozen": "tab:blue",
                   "no_grad_mode": "tab:purple", "off_loss_path": "tab:orange", "disabled": "tab:brown",
                   "zero_grad": "tab:pink", "nonfinite": "tab:red", "loss_masked": "tab:cyan",
                   "not_in_optimizer": "darkred", "not_updated": "black"}

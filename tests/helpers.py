@@ -1,0 +1,28 @@
+"""Helpers the test modules share (not a test module): the built-in model with the shipped clip's inputs,
+the hooks on a model."""
+import os
+
+import models
+
+from tracer.audio import load_clip
+from tracer.families import prepare_inputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_inputs():
+    loaded = models.builtin_loaded()
+    encoder = dict(loaded.model.named_modules())["model.audio_tower"]
+    clip = load_clip(os.path.join(ROOT, "samples", "sample.wav"), 16000)
+    return loaded, prepare_inputs(loaded.processor, loaded.model, encoder, clip)
+
+
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def hook_counts(model):
+    counts = sum(len(getattr(m, d)) for m in model.modules() for d in HOOK_DICTS)
+    counts += sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters()
+                  if getattr(p, "_post_accumulate_grad_hooks", None))
+    return counts
