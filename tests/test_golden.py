@@ -27,6 +27,9 @@ def mask(text: str) -> str:
             ranked = True
         if line.startswith("peak memory "):  # on CPU a run's RSS growth can be 0 B, and its ratio then "-"
             line = "peak memory #"
+        if line.startswith("  traced pass: "):  # the overhead figure, or NOISY when the machine is busy
+            line = "  traced pass: #; clock: " + line.rpartition("clock: ")[2]
+        line = line.replace(" (noisy)", "")
         line = VARYING.sub("#", line)
         line = re.sub(r"-{3,}", "---", line)
         lines.append(re.sub(r" {2,}", "  ", line).rstrip())
@@ -61,5 +64,16 @@ def test_runtime_tables_golden(capsys, root, monkeypatch, update_golden):
 def test_mask_keeps_counts_and_hides_what_varies():
     assert mask("forward 22.33 ms (min 21.96), peak 32.0 KiB, 1023 B; 75 of 247 modules, 118,272 params") == \
         "forward # ms (min #), peak #, #; 75 of 247 modules, 118,272 params\n"
+    assert mask("  traced pass: 9.1 ms; NOISY timings (forward max/min 2.00×): …; clock: perf_counter_ns") == \
+        mask("  traced pass: 9.1 ms = 1.10× untraced (the tracer's own overhead); clock: perf_counter_ns")
     ranked = "  slowest 2 modules by self forward time:\nmodule  x\n---  ---\nmodel.a  1.0\nlm_head  2.0\n\n[NEXT]"
     assert mask(ranked) == "  slowest 2 modules by self forward time:\n\n[NEXT]\n"
+
+
+def test_7b_static_json_golden(root, tmp_path, update_golden):
+    """The 7B-shaped Qwen2-Audio config built on meta, --static-only --json: deterministic to the byte (no
+    weights, no clip, no time), so every field of the static record is pinned."""
+    out = tmp_path / "7b.json"
+    assert main(["--config", os.path.join(root, "samples", "qwen2-audio-7b.json"), "--static-only",
+                 "--json", str(out)]) == 0
+    check("static_7b.json", out.read_text().replace(root, "<root>"), update_golden)
