@@ -29,14 +29,14 @@ class Output:
 
 
 def options_from_args(args):
-    from .pipeline import TraceOptions
-    return TraceOptions(
-        strategy=args.strategy, repeats=args.repeats, warmup=args.warmup, loss=args.loss, lora=not args.no_lora,
-        lora_targets=args.lora_targets, lora_r=args.lora_r, lora_config=args.lora_config, adapter=args.adapter,
-        prompt=args.prompt, target=args.target, offset=args.offset, duration=args.duration, device=args.device,
-        dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle, static_only=args.static_only, keep_calls=bool(args.chrome_trace),
-        progress=not args.quiet, steps=args.steps, lr=args.lr, parallel="fsdp" if args.fsdp else None)
+    """TraceOptions from the parsed flags: each option is the flag of its name, but for four the CLI words
+    differently (--no-lora, --chrome-trace, --quiet, --fsdp)."""
+    from dataclasses import fields
+
+    from .options import TraceOptions
+    named = {f.name: getattr(args, f.name) for f in fields(TraceOptions) if hasattr(args, f.name)}
+    return TraceOptions(**named, lora=not args.no_lora, keep_calls=bool(args.chrome_trace), progress=not args.quiet,
+                        parallel="fsdp" if args.fsdp else None)
 
 
 class TextReport:

@@ -8,70 +8,18 @@ exactly the JSON that ``--json`` writes. Imports nothing heavy until called.
 from __future__ import annotations
 
 import warnings
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable
 
 from .errors import TracerError, first_line
 from .records import LoraDiagnosis
 from .schema import SCHEMA_VERSION
-from .vocab import LOSSES, RUN_FAILED, RUN_NOT_APPLICABLE, STRATEGIES
+from .options import TraceOptions
+from .vocab import RUN_FAILED, RUN_NOT_APPLICABLE, STRATEGIES
 
 BUILTIN_BANNER = ("built-in tiny Qwen2-Audio with RANDOM weights (structure and costs are real, outputs are "
                   "noise); pass --model DIR_OR_HUB_ID for a real checkpoint, or --model whisper-tiny.en for a "
                   "pretrained one offline")
-
-
-@dataclass
-class TraceOptions:
-    """Everything ``bin/trace`` takes besides the clip, the model and the output files (same defaults)."""
-    strategy: str = "both"  # "both" or one of vocab.STRATEGIES
-    repeats: int = 3  # timed untraced passes per strategy
-    warmup: int = 1
-    loss: str = "pooled_l2"  # audio_tower's surrogate loss (vocab.LOSSES)
-    lora: bool = True  # attach LoRA with peft before the runs
-    lora_targets: str = "auto"  # auto | comma list | regex
-    lora_r: int = 8
-    lora_config: str | None = None  # a LoraConfig as JSON
-    adapter: str | None = None  # an existing adapter directory
-    prompt: str | None = None
-    target: str | None = None
-    offset: float = 0.0
-    duration: float | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    static_only: bool = False
-    keep_calls: bool = False  # per-call records in each run (the Chrome trace needs them)
-    steps: int = 1  # real AdamW steps of the LoRA parameters per strategy, each traced (0: no step)
-    lr: float = 1e-3
-    progress: bool = False  # tqdm bars on stderr during the timed passes
-    parallel: str | None = None  # under an initialised process group: "ddp" (the default there)
-
-    def validate(self) -> None:
-        """Cheap checks, before any heavy import: TracerError with the flag's name, as the CLI shows it."""
-        from .loading import DTYPES
-        if self.strategy not in ("both", *STRATEGIES):
-            raise TracerError(f"--strategy {self.strategy!r}: choose both, {', '.join(STRATEGIES)}")
-        if self.loss not in LOSSES:
-            raise TracerError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.repeats < 1:
-            raise TracerError(f"--repeats {self.repeats}: must be at least 1")
-        if self.warmup < 0:
-            raise TracerError(f"--warmup {self.warmup}: must be 0 or more")
-        chosen = [flag for flag, on in (("--no-lora", not self.lora), ("--lora-config", self.lora_config),
-                                        ("--adapter", self.adapter)) if on]
-        if len(chosen) > 1:
-            raise TracerError(f"{' and '.join(chosen)} exclude each other")
-        if self.steps < 0:
-            raise TracerError(f"--steps {self.steps}: must be 0 or more")
-        if not self.lr >= 0:
-            raise TracerError(f"--lr {self.lr}: must be 0 or more")
-        if self.lora_r < 1:
-            raise TracerError(f"--lora-r {self.lora_r}: must be at least 1")
-        if self.dtype not in DTYPES:
-            raise TracerError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -281,7 +229,7 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
     from .diagnosis import dead_groups_of, trajectory_flags
     from .discovery import static_report
     from .distributed import rank_info
-    from .strategies import RunOptions, compare, run_strategies
+    from .strategies import compare, run_strategies
     if loaded.on_meta:
         raise TracerError("a model on the meta device has no weights to run: add --static-only")
     report = trace.static
@@ -301,9 +249,7 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         from .distributed import shard
         shard(model, run_report)
     trace.model, trace.run_static = model, run_report
-    run_options = RunOptions(repeats=options.repeats, warmup=options.warmup, loss=options.loss,
-                             progress=options.progress, keep_calls=options.keep_calls, steps=options.steps,
-                             lr=options.lr, parallel=parallel)
+    run_options = replace(options, parallel=parallel)  # NB: the options object is its runs' options too
     names = STRATEGIES if options.strategy == "both" else (options.strategy,)
     for name in names:
         trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))

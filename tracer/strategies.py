@@ -16,22 +16,11 @@ from .hooks import Tracer
 from .inputs import encoder_hidden
 from .memory import PeakMemory
 from .naming import new_roots
+from .options import RunOptions  # noqa: F401 - re-exported: run_strategy(…, RunOptions(…))
 from .records import Comparison, RunRecord, StageRecord, Timing
 from .rollup import run_facts
 from .tensor_memory import TensorMemory
 from .vocab import COMPONENTS, RUN_FAILED, RUN_NOT_APPLICABLE, RUN_OK, STRATEGIES
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    repeats: int = 3
-    warmup: int = 1
-    loss: str = "pooled_l2"
-    progress: bool = False
-    keep_calls: bool = False  # per-call records, for the Chrome trace
-    steps: int = 0  # real AdamW steps on the LoRA parameters, each traced (0: one traced pass, no step)
-    lr: float = 1e-3
-    parallel: str | None = None  # under torchrun: "ddp" wraps what each strategy runs in DistributedDataParallel
 
 
 def tower_loss(hidden: torch.Tensor, valid_tokens: int | None, loss: str) -> torch.Tensor:
