@@ -130,7 +130,7 @@ def audit_adapter(adapter_dir: str, model: str | None = None, clip: str | None =
     """
     config = read_adapter_config(adapter_dir)
     weights = read_weights(adapter_dir)
-    from .loading import BUILTIN_CLIP
+    from .assets import BUILTIN_CLIP
     from .pipeline import TraceOptions, trace_clip
     spec = model or _base_of(config)
     # NB: static_only loads the base and builds the clip's inputs exactly as the main job does, runs nothing
@@ -187,7 +187,7 @@ def render_audit(result: AuditResult) -> str:
 
 def _base_of(config: dict) -> str | None:
     """The adapter's base as ``--model`` takes it; None (the built-in) when it names none or the built-in."""
-    from .loading import BUILTIN_MODEL_DIR
+    from .assets import BUILTIN_MODEL_DIR
     name = config.get("base_model_name_or_path")
     builtin_names = {"builtin tiny Qwen2-Audio", str(BUILTIN_MODEL_DIR), BUILTIN_MODEL_DIR.name}
     return None if not name or name in builtin_names or Path(name).resolve() == BUILTIN_MODEL_DIR else name

@@ -247,7 +247,7 @@ def _validate(args) -> None:
             check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.clip or not args.static_only:
         from .audio import probe_clip
-        from .loading import BUILTIN_CLIP
+        from .assets import BUILTIN_CLIP
         if not args.clip:
             shown = os.path.relpath(BUILTIN_CLIP)
             args.clip = str(BUILTIN_CLIP) if shown.startswith("..") else shown

@@ -5,17 +5,16 @@ import json
 import os
 import re
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The paths and the seed live in leaves (named.py needs them too, and loading.py imports named.py); they are
+# re-exported here, where callers and tests have always taken them from.
+from .assets import BUILTIN_CLIP, BUILTIN_MODEL_DIR, SAMPLES_DIR  # noqa: F401
 from .errors import TracerError, first_line, read_json_object
+from .seeding import BUILTIN_SEED, seeded  # noqa: F401
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
-BUILTIN_MODEL_DIR = SAMPLES_DIR / "tiny-qwen2-audio"
-BUILTIN_CLIP = SAMPLES_DIR / "sample.wav"
-BUILTIN_SEED = 0
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -29,22 +28,6 @@ class LoadedModel:
     source: str  # "builtin" | "named" | "dir" | "hub" | "config"
     on_meta: bool
     directory: Path | None = None  # the checkpoint directory it came from, if any
-
-
-@contextmanager
-def seeded(devices=(), seed: int = BUILTIN_SEED):
-    """Torch's CPU generator (and those of the CUDA ``devices`` given) seeded for the block, and put back as
-    they were after it: random weights and LoRA inits repeat run after run, while a library caller's own
-    random stream goes on as if we had never drawn from it. Only the forked generators are seeded, so none
-    is left changed."""
-    import torch
-    cuda = sorted({torch.cuda.current_device() if d.index is None else d.index
-                   for d in map(torch.device, devices) if d.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
 
 
 def resolve_device(spec: str):

@@ -38,7 +38,7 @@ def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 
     an adapter directory, ``setup.notes`` has the faults of its file: see audit.audit_notes).
     The new LoRA weights are drawn with seed 0 (every model, every run: the same init, the same gradient
     norms), from forked generators that leave the caller's random stream where it was."""
-    from .loading import seeded
+    from .seeding import seeded
     devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
     with seeded(devices):
         return _attach(model, report, targets, r, config_file, adapter_dir)

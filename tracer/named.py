@@ -99,7 +99,8 @@ def _qwen2_audio_with_whisper_tower(whisper: Path, out: Path) -> None:
         WhisperForConditionalGeneration,
     )
 
-    from .loading import BUILTIN_MODEL_DIR, seeded
+    from .assets import BUILTIN_MODEL_DIR
+    from .seeding import seeded
     source = WhisperConfig.from_pretrained(whisper)
     config = Qwen2AudioConfig.from_pretrained(BUILTIN_MODEL_DIR)  # the built-in tiny LM and audio token
     audio = config.audio_config

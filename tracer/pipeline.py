@@ -139,7 +139,7 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
         _note(trace, observe, banner(loaded.directory))
     observe("static", trace.freeze(), None)
     if clip is None and not options.static_only:
-        from .loading import BUILTIN_CLIP
+        from .assets import BUILTIN_CLIP
         clip = str(BUILTIN_CLIP)
     if clip is not None:
         audio, inputs = _load_inputs(clip, loaded, report, options, trace, observe)
