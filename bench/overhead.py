@@ -33,7 +33,7 @@ warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is depre
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from tracer.hooks import Tracer  # noqa: E402
+from tracer.api import Tracer  # noqa: E402
 from tracer.memory import PeakMemory  # noqa: E402
 
 MEDIUM = dict(

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tracer.hooks import Tracer  # noqa: E402
+from tracer.api import Tracer  # noqa: E402
 
 SLOWED = "base_model.model.model.layers.1.mlp"  # rank 1 sleeps here
 # large against a loaded machine's noise (a whole stage's forward took 25 ms on rank 0 under load): the tests

@@ -175,7 +175,7 @@ def tracer_hooks(model) -> list:
 
 
 def test_tracer_hooks_helper_sees_ours():
-    from tracer.hooks import Tracer
+    from tracer.api import Tracer
     loaded, _ = tiny_inputs()
     with Tracer(loaded.model):
         assert len(tracer_hooks(loaded.model)) > 100

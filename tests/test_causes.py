@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from helpers import tiny_inputs
 
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 
 ENC = "model.audio_tower.layers.0.self_attn.q_proj"
 LM = "model.language_model.layers.0.self_attn.q_proj"

@@ -83,7 +83,7 @@ def test_model_dir_with_device_map_runs_and_traces(capsys, tmp_path):
 def test_package_exports_are_lazy_and_real():
     import tracer
     from tracer.discovery import static_report
-    from tracer.hooks import Tracer
+    from tracer.api import Tracer
     assert tracer.Tracer is Tracer and tracer.static_report is static_report
     from tracer.callback import TracerCallback
     from tracer.pipeline import TraceOptions, TraceReport, trace_clip

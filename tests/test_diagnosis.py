@@ -9,7 +9,7 @@ from helpers import tiny_inputs
 
 from tracer.diagnosis import dead_groups_of
 from tracer.discovery import static_report
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 from tracer.lora import attach_lora, requested_gaps, suggest_targets
 from tracer.strategies import RunOptions, run_strategies
 

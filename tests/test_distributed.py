@@ -10,7 +10,7 @@ import dist_worker
 import pytest
 import torch
 
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from helpers import HOOK_DICTS, hook_counts
 
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 
 
 
@@ -263,7 +263,7 @@ def test_accelerate_offloaded_submodule_traces(tmp_path):
 def test_hook_module_imports_neither_diagnosis_nor_discovery(root):
     import subprocess
     import sys
-    code = ("import sys, torch\nfrom tracer.hooks import Tracer\nm = torch.nn.Linear(2, 2)\n"
+    code = ("import sys, torch\nfrom tracer.api import Tracer\nm = torch.nn.Linear(2, 2)\n"
             "with Tracer(m) as tr:\n    m(torch.ones(1, 2)).sum().backward()\ntr.calls(); tr.modules()\n"
             "print(sorted(n for n in sys.modules if n in ('tracer.diagnosis', 'tracer.discovery')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)

@@ -14,7 +14,7 @@ import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import dist_worker
 from tracer.cli import main
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 model = dist_worker.build_model()
 with Tracer(model) as tracer:
     dist_worker.loss_of(model, dist_worker.global_batch()).backward()

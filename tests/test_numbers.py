@@ -9,7 +9,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tracer.confirmation import confirm
 from tracer.discovery import static_report
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 from tracer.inputs import prepare_text_inputs
 from tracer.strategies import RunOptions, compare, run_strategies
 

@@ -4,7 +4,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from helpers import tiny_inputs
 
-from tracer.hooks import Tracer
+from tracer.api import Tracer
 
 
 @pytest.fixture

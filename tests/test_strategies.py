@@ -140,7 +140,7 @@ def test_memory_from_a_separate_pass_lands_on_calls_and_modules():
     its own numbers, and each module its first call's delta and its largest peak."""
     import torch.nn as nn
 
-    from tracer.hooks import Tracer
+    from tracer.api import Tracer
     from tracer.strategies import _with_memory, _with_module_memory
 
     class Twice(nn.Module):

@@ -38,7 +38,7 @@ def test_a_frozen_layer_is_the_verdict_with_its_cause_and_fix():
             param.requires_grad_(False)
     import torch
 
-    from tracer.hooks import Tracer
+    from tracer.api import Tracer
     ids = torch.randint(0, 100, (1, 8))
     with Tracer(model) as tr:
         model(input_ids=ids, labels=ids).loss.backward()

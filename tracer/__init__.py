@@ -8,7 +8,7 @@ __all__ = ["Tracer", "TracerCallback", "static_report", "trace_clip", "TraceOpti
 
 def __getattr__(name):
     if name == "Tracer":
-        from .hooks import Tracer
+        from .api import Tracer
         return Tracer
     if name == "static_report":
         from .discovery import static_report

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .hooks import Tracer
+from .api import Tracer
 
 logger = logging.getLogger(__name__)
 

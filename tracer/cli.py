@@ -176,7 +176,7 @@ def _diff(args) -> int:
 
 
 def _audit(args) -> int:
-    from .audit import read_adapter_config
+    from .adapter_file import read_adapter_config
     read_adapter_config(args.adapter)  # the cheap checks first: no model loaded for a wrong directory
     if args.json:
         from .loading import check_output_path

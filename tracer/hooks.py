@@ -1,4 +1,4 @@
-"""Collection: the Tracer context manager that hooks every submodule, forward and backward.
+"""Collection: the context manager that hooks every submodule, forward and backward (api.Tracer on top).
 
 Backward facts come from tensor hooks on module outputs and inputs plus post-accumulate-grad hooks on
 parameters, never ``register_full_backward_hook``: that one breaks on in-place ops downstream and never
@@ -18,7 +18,6 @@ import torch.nn as nn
 from .collected import (_BW_END, _BW_START, _END, _GRAD, _IDX, _INPUTS, _MEM_AFTER, _MEM_BEFORE, _NORMS,  # noqa: I001
                         _OUT_BYTES, _OUT_RG, _OUTPUTS, _PARENT, _PEAK, _RECOMPUTE, _SAVED, _START, Collected)
 from .pass_facts import autograd_off_how, compiled_model, step_fault
-from .records import CallRecord, ModuleRecord
 
 _MAX_ITEMS = 32  # inputs/outputs described per call: enough for HF layers, bounded for huge tuples
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
@@ -49,30 +48,10 @@ def _meta(item):
     return (item.shape, item.dtype, item.device) if isinstance(item, torch.Tensor) else item
 
 
-class Tracer:
-    """Hook every submodule of ``model`` while the ``with`` block runs; read the facts with ``result()``.
-
-    Args:
-        model: any ``nn.Module`` (PEFT-wrapped, accelerate-dispatched, gradient-checkpointed).
-        grad_norms: keep the norm of each module's output gradient (one small reduction per output).
-        saved_tensors: attribute bytes autograd saves for backward to the innermost running module.
-        memory: read current and peak bytes around each call: from ``memory_source`` when given (e.g. a
-            tensor_memory.TensorMemory, on any device), else on CUDA from the allocator. Two reads a call:
-            more than a small module's own time on a GPU, so timed passes leave it off.
-        component_of: module path -> component, from the static report (computed when needed if None).
-        optimizer: run ``opt.step()`` inside the block too: each LoRA layer's record then says whether it is
-            in a param group, its lr, whether the step moved it and by how much (steps.py).
-        on_fault: called as ``on_fault(tracer, reason)`` when a top-level call dooms the step: it raised, or
-            it returned a ``loss`` with no ``grad_fn`` while autograd was on (its backward will raise "element
-            0 of tensors does not require grad"). What was collected can be diagnosed then (``result()``),
-            before the error reaches the caller; the callback uses it to explain a crashing step.
-
-    Example:
-        >>> with Tracer(model) as tr:
-        ...     loss = model(**batch).loss
-        ...     loss.backward()
-        >>> run = tr.result()   # JSON-ready: {"modules": [...], "never_called": [...], ...}
-    """
+class Collector:
+    """Hooks every submodule of ``model`` while the ``with`` block runs and keeps the raw facts:
+    ``collected()``. It reads nothing back: ``api.Tracer`` (what users import) adds the roll-ups, the diagnosis
+    and the exports. Arguments as ``api.Tracer``'s."""
 
     def __init__(self, model: nn.Module, *, grad_norms: bool = True, saved_tensors: bool = True,
                  memory: bool = True, memory_source=None, component_of: dict | None = None, optimizer=None,
@@ -90,7 +69,7 @@ class Tracer:
         self._calls: list = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def __enter__(self) -> "Tracer":
+    def __enter__(self) -> "Collector":
         if self._active:
             raise RuntimeError("this Tracer is already active; use a second Tracer for a nested trace")
         # torch.compile(model): trace the module it wraps, so paths are the eager model's
@@ -333,53 +312,6 @@ class Tracer:
                          if self._supervised else None,
                          grad_off=dict(self._grad_off), weights_saved=frozenset(self._weights_saved),
                          compiled=self.compiled, origin_unix_ns=self._origin_unix_ns)
-
-    # -- conveniences: the roll-ups of rollup.py on what this tracer collected ----------------------------
-    def calls(self) -> list[CallRecord]:
-        """Every forward call in order, with resolved times (ns since the tracer was entered)."""
-        from .rollup import call_records
-        return call_records(self.collected())
-
-    def modules(self, calls: list[CallRecord] | None = None) -> list[ModuleRecord]:
-        """One record per registered module, executed or not, in ``named_modules()`` order."""
-        from .rollup import call_records, module_records
-        collected = self.collected()
-        return module_records(collected, call_records(collected) if calls is None else calls)
-
-    def result(self) -> dict:
-        """The run record (JSON-ready): modules, never_called, totals, where a failure happened, and with
-        LoRA layers their diagnosis. Call it after backward, before zero_grad (it reads ``.grad``). Under
-        torch.distributed it is this rank's, with ``rank``, ``world_size`` and ``backend``; with sharded
-        (FSDP2) parameters it is a collective: every rank calls it."""
-        from .distributed import rank_info
-        from .rollup import run_record
-        record = run_record(self.collected(), self.model, self._components())
-        info = rank_info()
-        if info is not None:
-            record.update(info)
-        return record
-
-    def merged(self, run: dict | None = None) -> dict | None:
-        """Every rank's facts on rank 0: per module and per stage the times of each rank, the skew (the
-        slowest rank over the median) and the slowest rank, and whether the LoRA statuses agree (a rank that
-        disagrees is named). A collective: every rank calls it; None on ranks other than 0. ``run``: this
-        rank's ``result()`` when already taken (it reads ``.grad``)."""
-        from .distributed import merge
-        return merge(run if run is not None else self.result(), self._components())
-
-    def write_chrome_traces(self, directory) -> list:
-        """Chrome traces of the traced region, for a job: each rank writes ``DIR/rank{R}.json`` (with
-        ``distributedInfo``, times on the wall clock: Holistic Trace Analysis loads the directory as one job)
-        and rank 0 also ``DIR/perfetto/job.json``, every rank a process in one file (Perfetto opens one
-        file). A collective under a process group. Returns the paths this rank wrote."""
-        from .exporters import write_job_traces
-        return write_job_traces(directory, {"trace": self.calls()}, {"trace": self._origin_unix_ns})
-
-    def _components(self) -> dict:
-        if self.component_of is None:
-            from .discovery import static_report
-            self.component_of = static_report(self.model).component_of
-        return self.component_of
 
 
 def _unpack(tensor):

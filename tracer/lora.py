@@ -35,7 +35,7 @@ def parse_targets(spec: str, report: StaticReport):
 def attach_lora(model, report: StaticReport, *, targets: str = "auto", r: int = 8, config_file: str | None = None,
                 adapter_dir: str | None = None):
     """Wrap ``model`` with peft; returns ``(peft_model, setup)`` where setup describes what was attached (with
-    an adapter directory, ``setup.notes`` has the faults of its file: see audit.audit_notes).
+    an adapter directory, ``setup.notes`` has the faults of its file: see adapter_file.audit_notes).
     The new LoRA weights are drawn with seed 0 (every model, every run: the same init, the same gradient
     norms), from forked generators that leave the caller's random stream where it was."""
     from .seeding import seeded
@@ -58,7 +58,7 @@ def _attach(model, report: StaticReport, targets: str, r: int, config_file: str 
         except Exception as e:  # noqa: BLE001 - peft raises many types for "does not fit this model"
             raise TracerError(f"--adapter {adapter_dir}: does not fit this model ({first_line(e)})") from None
         _check_adapter_loaded(adapter_dir, wrapped, caught)
-        from .audit import audit_notes
+        from .adapter_file import audit_notes
         notes = audit_notes(adapter_dir, wrapped)  # untrained, missing_weights, no_match: what PEFT keeps quiet
         config = wrapped.peft_config[wrapped.active_adapter]
         source = f"adapter {adapter_dir}"

@@ -241,12 +241,12 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
         model, trace.lora_setup = attach_lora(model, report, targets=options.lora_targets, r=options.lora_r,
                                               config_file=options.lora_config, adapter_dir=options.adapter)
         if parallel is not None:  # rank 0's adapter on every rank, as DDP would make it (FSDP2 shards it as is)
-            from .distributed import broadcast_trainable
+            from .parallel import broadcast_trainable
             broadcast_trainable(model)
         run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
         observe("lora", trace.freeze(), None)
     if parallel == "fsdp":
-        from .distributed import shard
+        from .parallel import shard
         shard(model, run_report)
     trace.model, trace.run_static = model, run_report
     run_options = replace(options, parallel=parallel)  # NB: the options object is its runs' options too

@@ -12,7 +12,7 @@ import torch
 from .diagnosis import lora_layers
 from .discovery import StaticReport
 from .errors import StrategyFailed, first_line
-from .hooks import Tracer
+from .api import Tracer
 from .inputs import encoder_hidden
 from .memory import PeakMemory
 from .naming import new_roots
