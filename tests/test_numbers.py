@@ -72,18 +72,32 @@ def test_parent_backward_window_covers_its_children(both):
     assert checked > 20
 
 
-def test_stage_backward_is_the_component_roots_only(both):
-    """Summing every module would count each layer's time again in its parents; by hand on the built-in
-    model each component has exactly one root."""
+def test_stage_backward_is_its_modules_own_backward_counted_once(both):
+    """Windows nest (a layer's is inside its parent's), so a stage sums its modules' own part of the backward:
+    each instant once. By hand on the built-in model: the sum of self_backward_ms per component, within
+    the component root's window."""
     run = both[3]["full_forward"]
     mods, stages = rows(run), run.stages
     roots = {"audio_encoder": "model.audio_tower", "projector": "model.multi_modal_projector",
              "language_model": "model.language_model", "head": "lm_head"}
+    component_of = both[1].component_of
     for component, root in roots.items():
-        assert stages[component].backward_ms == mods[root].backward_ms > 0, component
-    assert stages["other"].backward_ms is None
-    tower = both[3]["audio_tower"]
-    assert tower.stages["audio_encoder"].backward_ms == rows(tower)["model.audio_tower"].backward_ms
+        own = sum(m.self_backward_ms or 0.0 for m in run.modules
+                  if m.executed and component_of.get(m.path, "other") == component)
+        assert stages[component].backward_ms == pytest.approx(own, rel=1e-12) and own > 0, component
+        assert own <= mods[root].backward_ms * 1.01 + 0.05, component  # inside the root's window
+
+
+def test_the_ranks_view_and_the_run_table_are_one_rule(both):
+    """The RANKS table (merge) and the RUN table (stage_rollup) of the same run give the same stage times."""
+    from tracer.distributed import merge
+    _, report, _, runs = both
+    for run in runs.values():
+        merged = merge(run.to_dict(), report.component_of)
+        for name, stage in merged["stages"].items():
+            assert stage["forward_ms"] == [pytest.approx(run.stages[name].forward_ms, rel=1e-12)], name
+            expected = run.stages[name].backward_ms
+            assert stage["backward_ms"] == [None if expected is None else pytest.approx(expected, rel=1e-12)], name
 
 
 def test_comparison_ratios_are_full_over_tower(both):

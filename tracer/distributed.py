@@ -198,11 +198,8 @@ def _summary(run: dict, component_of: dict, info: dict | None) -> dict:
     executed = [m for m in run["modules"] if m["executed"]]
     modules = {m["path"]: (m["self_forward_ms"], m.get("self_backward_ms"), m["peak_bytes"]) for m in executed}
     stage_of = {m["path"]: component_of.get(m["path"], "other") for m in executed}
-    stages: dict = {}
-    for m in executed:
-        stage = stages.setdefault(stage_of[m["path"]], {"forward_ms": 0.0, "backward_ms": 0.0})
-        stage["forward_ms"] += m["self_forward_ms"]
-        stage["backward_ms"] += m.get("self_backward_ms") or 0.0
+    from .stages import stage_times
+    stages = stage_times(executed, component_of)
     lora = {(r["path"], r["adapter"]): r["status"] for r in run.get("lora", ())}
     return {"rank": (info or {}).get("rank", 0), "modules": modules, "stage_of": stage_of, "stages": stages,
             "lora": lora, "total_forward_ms": run["total_forward_ms"], "total_backward_ms": run["total_backward_ms"]}

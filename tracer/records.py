@@ -146,7 +146,7 @@ class Timing(_Fields):
 
 @dataclass(frozen=True)
 class StageRecord(_Fields):
-    """One component in one run: self forward time of its modules, backward of its roots, bytes, params."""
+    """One component in one run: its modules' own forward and backward time summed (stages.py), bytes, params."""
     forward_ms: float = 0.0
     backward_ms: float | None = None
     saved_bytes: int = 0

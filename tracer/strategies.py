@@ -19,6 +19,7 @@ from .naming import new_roots
 from .options import RunOptions  # noqa: F401 - re-exported: run_strategy(…, RunOptions(…))
 from .records import Comparison, RunRecord, StageRecord, Timing
 from .rollup import run_facts
+from .stages import stage_times
 from .tensor_memory import TensorMemory
 from .vocab import COMPONENTS, RUN_FAILED, RUN_NOT_APPLICABLE, RUN_OK, STRATEGIES
 
@@ -234,24 +235,23 @@ def _locate_failure(step, model, report) -> str | None:
 
 
 def stage_rollup(modules, report: StaticReport, model) -> dict:
-    """Per component: self forward time, the component roots' backward time, bytes, params executed."""
+    """Per component: own forward and backward time (stages.stage_times, the rule the ranks' view uses
+    too), bytes saved for backward, the component roots' output bytes, params executed."""
     own_params = {path: sum(p.numel() for p in m.parameters(recurse=False)) for path, m in model.named_modules()}
     stages = {c: {"forward_ms": 0.0, "backward_ms": None, "saved_bytes": 0, "output_bytes": 0, "params": 0,
                   "modules_executed": 0} for c in COMPONENTS}
     component = report.component_of
+    for name, times in stage_times(modules, component).items():
+        stages[name].update(times)
     for m in modules:
         if not m.executed:
             continue
         stage = stages[component.get(m.path, "other")]
-        stage["forward_ms"] += m.self_forward_ms
         stage["saved_bytes"] += m.saved_bytes
         stage["params"] += own_params.get(m.path, 0)
         stage["modules_executed"] += 1
         parent = m.path.rpartition(".")[0] if m.path else None
-        is_root = parent is None or component.get(parent) != component.get(m.path)
-        if is_root and m.backward_ms is not None and component.get(m.path) != "other":
-            stage["backward_ms"] = (stage["backward_ms"] or 0.0) + m.backward_ms
-        if is_root:
+        if parent is None or component.get(parent) != component.get(m.path):
             stage["output_bytes"] += m.output_bytes
     return {c: StageRecord(**values) for c, values in stages.items()}
 
