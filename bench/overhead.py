@@ -258,7 +258,7 @@ def bench_callback(steps: int = 10) -> dict:
 
     from tracer.callback import TracerCallback
     _sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_strategies_support import tiny_inputs
+    from helpers import tiny_inputs
 
     class StepTimes(TrainerCallback):
         def __init__(self):

@@ -1,11 +1,13 @@
 """The static report's claims checked against what ran: all hold on the built-in model; a run-time change
 turns the right claim red."""
+import models
 import torch
-from helpers import ROOT, tiny_inputs
+from helpers import ROOT, builtin_paths, tiny_inputs
 
 from tracer.audio import load_clip
 from tracer.confirmation import confirm
 from tracer.discovery import static_report
+from tracer.records import ModuleRecord, RunRecord, TensorMeta
 from tracer.reporting import clip_record
 from tracer.strategies import RunOptions, run_strategies
 
@@ -25,7 +27,10 @@ def test_builtin_model_every_claim_holds_but_never_called_is_noted():
     verdicts = verdicts_for()
     assert {v.verdict for v in verdicts.values()} == {"confirmed", "noted"}
     never = verdicts[("modules registered but never called", "audio_tower")]
-    assert never.verdict == "noted" and never.observed == "model.audio_tower.embed_positions"
+    encoder = builtin_paths(models.builtin_model())[0]
+    assert never.verdict == "noted" and never.observed == f"{encoder}.embed_positions"
+    hidden = verdicts[("language model hidden size (last dim of its output)", "full_forward")]
+    assert hidden.claimed == hidden.observed == "64"  # the hidden state, not the logits (262, the vocabulary)
     assert verdicts[("audio encoder layers executed", "audio_tower")].observed == "2"
     seq = verdicts[("LM sequence = prompt + target tokens, 105 of them audio", "full_forward")]
     assert seq.claimed == seq.observed == "273"
@@ -33,7 +38,8 @@ def test_builtin_model_every_claim_holds_but_never_called_is_noted():
 
 def test_skipped_encoder_layer_at_run_time_refutes_layer_count():
     def skip_layers(model):
-        model.model.audio_tower.layerdrop = 1.0  # every layer dropped, as LayerDrop does in train mode
+        tower = model.get_submodule(builtin_paths(model)[0])
+        tower.layerdrop = 1.0  # every layer dropped, as LayerDrop does in train mode
         model.train()
 
     verdicts = verdicts_for(skip_layers)
@@ -53,3 +59,20 @@ def test_clip_record_round_trip_is_what_confirmation_reads():
     record = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)
     assert record.prompt_tokens + record.target_tokens == inputs.full["input_ids"].shape[1]
     assert record.to_dict()["audio_tokens"] == 105 and record.to_dict()["path"].endswith("sample.wav")
+
+
+def _ran(path: str, *shape: int) -> ModuleRecord:
+    return ModuleRecord(path, "Module", 1, 0, True, False, 1.0, 1.0, None, True, (),
+                        (TensorMeta(shape, "float32", "cpu"),), True, 0, 0, None, None, None)
+
+
+def test_lm_hidden_size_is_its_layers_owners_output_not_a_causal_lms_logits():
+    """transformers 4.x and 5.6's Qwen2-Audio: the LM found by name is a Qwen2ForCausalLM, whose output is the
+    logits (262, the vocabulary); its hidden state is what language_model.model (the owner of the layers)
+    gives."""
+    report = static_report(models.LegacyQwen2Audio())
+    assert report.language_model.layers_path == "language_model.model.layers"
+    run = RunRecord("ok", modules=(_ran("language_model", 1, 273, 262), _ran("language_model.model", 1, 273, 64)))
+    verdicts = {v.claim: v for v in confirm(report, {"full_forward": run}, None, {r.path for r in report.tree})}
+    hidden = verdicts["language model hidden size (last dim of its output)"]
+    assert (hidden.verdict, hidden.claimed, hidden.observed) == ("confirmed", "64", "64")

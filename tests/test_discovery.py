@@ -60,6 +60,17 @@ def test_legacy_4x_layout_tower_at_top_level():
     # the 4.x head lives inside the *ForCausalLM, and is still counted as the head
     assert r.components["head"] == 262 * 64
     assert r.strategy.chosen == "audio_tower"
+    # its hidden state is its layers' owner's output (confirmation measures that, not the logits)
+    assert r.language_model.layers_path == "language_model.model.layers"
+
+
+def test_tree_indents_the_children_of_a_last_child():
+    """The 4.x layout's language_model comes last and has children: they stay under it, not at the edge."""
+    lines = render_tree(static_report(models.LegacyQwen2Audio()).tree, depth=2).splitlines()
+    assert lines[0].split() == ["module", "params"]
+    at = next(i for i, line in enumerate(lines) if line.startswith("└── language_model: Qwen2ForCausalLM"))
+    assert lines[at + 1].startswith("    ├── model: Qwen2Model")
+    assert lines[at + 2].startswith("    └── lm_head: Linear")
 
 
 def test_peft_wrapped_paths_and_wrapped_layers_counted_once():

@@ -386,3 +386,12 @@ def test_phi4_multimodal_end_to_end_with_its_nested_encoder(root):
         r.inputs.prompt_tokens + r.inputs.target_tokens
     assert "refuted" not in {v.verdict for v in r.verdicts}
     assert full.lora_summary == {"audio_encoder": {"ok": 17}, "language_model": {"ok": 6}, "other": {"not_executed": 3}}
+
+
+def test_a_missing_package_is_named_as_pip_installs_it():
+    """PIL is installed as Pillow (transformers 4.57's Phi-4 processor imports it)."""
+    from pathlib import Path
+
+    from tracer.loading import _missing_package
+    text = _missing_package(Path("ckpt"), ImportError("No module named 'PIL'"))
+    assert text == "--model ckpt: its processor needs Pillow, which is not installed: pip install Pillow"

@@ -49,7 +49,9 @@ def confirm(report: StaticReport, runs: dict, clip, static_paths: set[str]) -> l
         out.append(_verdict("audio encoder hidden size (last dim of its output)", enc.hidden_size, seen,
                             encoder_run, "the config's d_model does not match the weights: check the checkpoint"))
     if lm is not None and "full_forward" in ok:
-        record = ok["full_forward"].module(lm.path)
+        # the output of the module that owns its layers: the hidden state (the LM found may be a *ForCausalLM,
+        # whose own output is the logits, one per vocabulary entry, or the loss first when given labels)
+        record = ok["full_forward"].module(_hidden_state_path(lm))
         out.append(_verdict("language model hidden size (last dim of its output)", lm.hidden_size,
                             _last_dim(_first(record.outputs)) if record else None, "full_forward",
                             "the text config's hidden_size does not match what ran"))
@@ -103,6 +105,13 @@ def _components_verdict(name: str, run: dict, report: StaticReport) -> Verdict:
     return Verdict("components the strategy runs", ", ".join(sorted(claimed)), ", ".join(sorted(ran)),
                    CONFIRMED if good else REFUTED, name,
                    "" if good else "the forward path differs from the structure: check custom forward code")
+
+
+def _hidden_state_path(lm) -> str:
+    """The module whose output is the LM's hidden state: the owner of its layer list (the LM itself in
+    transformers 5's layout; its ``.model`` where the LM found is a *ForCausalLM)."""
+    owner = lm.layers_path.rpartition(".")[0] if lm.layers_path else ""
+    return owner if is_under(owner, lm.path) else lm.path
 
 
 def _layer_list_path(mods: dict, encoder_path: str) -> str | None:

@@ -135,9 +135,10 @@ def _find_language_model(modules: dict, encoder_path: str | None) -> LanguageMod
         return None
     _, _, path, found_by = min(matches)
     module = modules[path]
-    _, layers = _find_layer_list(module)
+    layers_path, layers = _find_layer_list(module)
     return LanguageModelInfo(path=path, cls=type(module).__name__, found_by=found_by,
-                             num_layers=len(layers), hidden_size=_hidden_size(module, layers[0] if layers else None))
+                             num_layers=len(layers), hidden_size=_hidden_size(module, layers[0] if layers else None),
+                             layers_path=f"{path}.{layers_path}")
 
 
 def _find_layer_list(module):

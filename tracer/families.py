@@ -156,11 +156,18 @@ def qformer_window_inputs(processor, model, encoder, clip: Clip, prompt: str, ta
     window, per_window = config.window_size, config.window_size // config.downsample_rate
     lm_tokens = math.ceil(frames / window) * per_window
     accounting = replace(accounting, encoder_frames=frames, audio_tokens=lm_tokens,
-                         length_function=f"{type(model.model.projector).__name__}: ceil(frames / {window}) "
+                         length_function=f"{_projector_class(model)}: ceil(frames / {window}) "
                                          f"windows x {per_window} queries")
     inputs = ModelInputs({"hidden_states": features}, None, accounting, "none (no tokenizer)", 0, 0)
     return _audio_tokens_then_prompt(inputs, processor, model, lm_tokens, prompt, target,
                                      {"input_features": features})
+
+
+def _projector_class(model) -> str:
+    """The class of the module named ``projector``, wherever the layout puts it (transformers 5.6: the top
+    level; 5.24: under ``model``)."""
+    found = next((m for p, m in model.named_modules() if p.rsplit(".", 1)[-1] == "projector"), None)
+    return type(found).__name__ if found is not None else "the projector"
 
 
 def _frames_accounting(frames: int):

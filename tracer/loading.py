@@ -184,6 +184,8 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # packages a family's processor may need, and the extra of ours that installs them
 PROCESSOR_EXTRAS = {"torchaudio": "granite", "mistral-common": "families", "mistral_common": "families",
                     "sentencepiece": "families", "timm": "families"}
+# an import name whose package on PyPI is named otherwise (transformers 4.57's Phi-4 processor: PIL)
+PIP_NAMES = {"PIL": "Pillow"}
 
 
 def _load_processor(directory: Path, trust_remote_code: bool):
@@ -209,7 +211,7 @@ def _missing_package(directory: Path, error: Exception, what: str = "its process
                                                                                  str(error))
     if match is None:
         return f"--model {directory}: {what} fails ({first_line(error)})"
-    package = match.group(1).replace("_", "-")
+    package = PIP_NAMES.get(match.group(1), match.group(1).replace("_", "-"))
     extra = PROCESSOR_EXTRAS.get(package)
     hint = f"pip install {package}" + (f" (or pip install -e '.[{extra}]')" if extra else "")
     return f"--model {directory}: {what} needs {package}, which is not installed: {hint}"

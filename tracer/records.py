@@ -336,6 +336,9 @@ class LanguageModelInfo:
     found_by: str
     num_layers: int
     hidden_size: int | None
+    # the module list of its layers: its owner's output is the hidden state (a *ForCausalLM found by name, as
+    # in transformers' 4.x layout and up to 5.6's Qwen2-Audio, returns logits: language_model.model.layers)
+    layers_path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -124,9 +124,12 @@ def render_tree(tree: list, depth: int) -> str:
             lines.append([f"{prefix}{'└── ' if last else '├── '}{label}: {row.cls}", params])
             walk(row.path, prefix + ("    " if last else "│   "), level + 1)
 
-    walk("", "  ", 1)
-    return tabulate(lines, headers=["module", "params"], tablefmt="plain", disable_numparse=True,
-                    colalign=("left", "right"))
+    walk("", "", 1)
+    # NB: by hand, not tabulate: its plain format strips a cell's leading blanks, which pulled the children of
+    # a last child with children ("    ├── ...") back to the left edge (the 4.x layout's last language_model)
+    lines.insert(0, ["module", "params"])
+    left, right = (max(len(line[i]) for line in lines) for i in (0, 1))
+    return "\n".join(f"{name.ljust(left)}  {params.rjust(right)}" for name, params in lines)
 
 
 def _collapse_siblings(rows: list) -> list:
