@@ -6,7 +6,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,27 +198,132 @@ class _quiet_transformers:
 
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# what a tokenizer saves: its config, or a vocabulary in one of the usual forms
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "tekken.json")
 # packages a family's processor may need, and the extra of ours that installs them
 PROCESSOR_EXTRAS = {"torchaudio": "granite", "mistral-common": "families", "mistral_common": "families",
                     "sentencepiece": "families", "timm": "families"}
 
 
 def _load_processor(directory: Path, trust_remote_code: bool):
-    """The checkpoint's own processor, or None when it ships none. One it ships but that cannot load is an
-    error naming why (a missing package above all), never a silent substitute."""
-    from transformers import AutoFeatureExtractor, AutoProcessor
-    ships_one = any((directory / f).is_file() for f in PROCESSOR_FILES)
+    """The checkpoint's own processor; else what it ships of one, each part found on its own: AudioParts of
+    its tokenizer and its feature extractor (one may be None); None when it ships neither. What
+    AutoProcessor returns is checked for what it is: without a processor config it hands back the bare
+    tokenizer (or feature extractor), and without a tokenizer file it builds an empty tokenizer into the
+    processor. A part it ships that cannot load is an error naming why (a missing package above all), never
+    a silent substitute."""
+    from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ProcessorMixin
+
+    from .inputs import AudioParts
+    ships_tokenizer = any((directory / f).is_file() for f in TOKENIZER_FILES)
+    ships_config = any((directory / f).is_file() for f in PROCESSOR_FILES)
+    ships_extractor = _declares_extractor(directory)
+    if not ships_tokenizer and not ships_config:
+        return None  # NB: AutoProcessor would build one from the model type alone, with nothing of the checkpoint's
     failure = None
-    for loader in (AutoProcessor, AutoFeatureExtractor):
-        try:
-            return loader.from_pretrained(directory, trust_remote_code=trust_remote_code)
-        except ImportError as e:
-            raise TracerError(_missing_package(directory, e)) from None
-        except Exception as e:  # noqa: BLE001 - a checkpoint without a processor is legal
-            failure = failure or e
-    if ships_one:
+    try:
+        found = processor_parts(AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code))
+    except ImportError as e:
+        raise TracerError(_missing_package(directory, e)) from None
+    except Exception as e:  # noqa: BLE001 - a processor that needs parts this checkpoint lacks, among others
+        found, failure = None, e
+    declared = _declared_processor(directory)
+    if isinstance(found, ProcessorMixin):
+        tokenizer = getattr(found, "tokenizer", None)
+        if _audio_part(found) is not None and (ships_tokenizer or tokenizer is None):
+            return found
+        # no audio part (a processor for other inputs), or a tokenizer made from nothing: keep what is the
+        # checkpoint's and look for the rest on its own
+        found = AudioParts(tokenizer=tokenizer if ships_tokenizer else None, feature_extractor=_audio_part(found))
+    parts = found if isinstance(found, AudioParts) else AudioParts()
+    for name, ships, loader in (("tokenizer", ships_tokenizer, AutoTokenizer),
+                                ("feature_extractor", ships_config, AutoFeatureExtractor)):
+        if getattr(parts, name) is None and ships:
+            try:
+                setattr(parts, name, loader.from_pretrained(directory, trust_remote_code=trust_remote_code))
+            except ImportError as e:
+                raise TracerError(_missing_package(directory, e)) from None
+            except Exception as e:  # noqa: BLE001 - reported below when it leaves nothing to use
+                failure = failure or e
+    nothing = parts.tokenizer is None and parts.feature_extractor is None
+    if failure is not None and (nothing or parts.feature_extractor is None and ships_extractor):
+        # what it ships is broken (its own extractor above all): no substitute
         raise TracerError(f"--model {directory}: its processor does not load ({first_line(failure)})")
+    if nothing:
+        return None
+    parts.declared = declared
+    parts.found = _parts_found(parts, declared, failure)
+    return parts
+
+
+def processor_parts(found, source: str = "its processor"):
+    """``found`` for what it is: a processor is returned as it is; a bare tokenizer or feature extractor
+    (what AutoProcessor returns when no processor config joins them, or what a caller passes) becomes
+    AudioParts with the other part None. Anything else is returned as it is (a caller's own object)."""
+    from transformers import FeatureExtractionMixin, PreTrainedTokenizerBase, ProcessorMixin
+
+    from .inputs import AudioParts
+    if found is None or isinstance(found, (ProcessorMixin, AudioParts)):
+        return found
+    if isinstance(found, PreTrainedTokenizerBase):
+        return AudioParts(tokenizer=found, found=f"{source} is a tokenizer ({type(found).__name__}), no feature "
+                                                 "extractor")
+    if isinstance(found, FeatureExtractionMixin):
+        return AudioParts(feature_extractor=found,
+                          found=f"{source} is a feature extractor ({type(found).__name__}), no tokenizer")
+    return found
+
+
+def _audio_part(processor):
+    return getattr(processor, "feature_extractor", None) or getattr(processor, "audio_processor", None)
+
+
+def _declares_extractor(directory: Path) -> bool:
+    """Whether the checkpoint's processor files name a feature extractor of their own (an image model's
+    name only an image processor)."""
+    for name, keys in (("preprocessor_config.json", ("feature_extractor_type",)),
+                       ("processor_config.json", ("feature_extractor", "audio_processor"))):
+        try:
+            values = json.loads((directory / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(values, dict) and any(k in values for k in keys):
+            return True
+    return False
+
+
+def _declared_processor(directory: Path) -> str | None:
+    """The processor class the checkpoint's files name (``processor_class``), if any."""
+    for name in (*PROCESSOR_FILES, "tokenizer_config.json"):
+        try:
+            value = json.loads((directory / name).read_text()).get("processor_class")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
     return None
+
+
+def _parts_found(parts, declared: str | None, failure: Exception | None) -> str:
+    """How the parts were found, for the report: what ships, and why no processor joins them."""
+    tokenizer, extractor = (type(parts.tokenizer).__name__ if parts.tokenizer is not None else None,
+                            type(parts.feature_extractor).__name__ if parts.feature_extractor is not None else None)
+    if tokenizer and extractor:
+        what = f"its tokenizer ({tokenizer}) and feature extractor ({extractor}) loaded on their own"
+        what = what if declared and failure is not None else "the checkpoint ships no processor config: " + what
+    elif extractor:
+        what = f"the checkpoint ships a feature extractor ({extractor}) and no tokenizer"
+    else:
+        what = f"the checkpoint ships a tokenizer ({tokenizer}) and no feature extractor"
+    if declared and failure is not None:
+        return f"its processor ({declared}) does not load here ({_short(failure)}); {what}"
+    return what
+
+
+def _short(error: Exception, limit: int = 100) -> str:
+    text = first_line(error)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _missing_package(directory: Path, error: Exception, what: str = "its processor") -> str:
@@ -238,21 +343,35 @@ def input_device(model, default):
     return first.device if first is not None else default
 
 
-def processor_for(loaded: LoadedModel, encoder=None):
-    """The checkpoint's processor; else the built-in one with its feature extractor fitted to ``encoder``'s
-    config (mel bins, and the frames its positions allow), so a small encoder gets the input it expects."""
-    if loaded.processor is not None:
-        return loaded.processor, None
+def processor_for(loaded: LoadedModel, encoder=None, family=None):
+    """(processor, note): the checkpoint's processor (or the parts of one it ships); where it has no feature
+    extractor, the one ``family`` (a families.Family) names, else the built-in one fitted to
+    ``encoder``'s config (mel bins, and the frames its positions allow), so a small encoder gets the input it
+    expects; where it has neither part, the built-in tokenizer with that extractor. The note says what was
+    put in the checkpoint's place, and how its parts were found."""
+    from .inputs import AudioParts
+    processor = loaded.processor
+    if processor is not None and not (isinstance(processor, AudioParts) and processor.feature_extractor is None):
+        return processor, (processor.found or None) if isinstance(processor, AudioParts) else None
     from transformers import AutoProcessor
-    processor = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
-    fe = processor.feature_extractor
-    fitted = _fit_feature_extractor(fe, encoder)
+    builtin = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR)
+    if processor is None:
+        head, tokenizer = "this model has no processor", "the built-in tokenizer"
+        processor = builtin
+    else:  # a tokenizer of its own, no feature extractor
+        head, tokenizer = processor.found or "it ships no feature extractor", "its own tokenizer"
+        processor = replace(processor, feature_extractor=builtin.feature_extractor)
+    if getattr(family, "feature_extractor", None) is not None:  # the family knows its extractor better than ours
+        processor.feature_extractor = family.feature_extractor()
+        return processor, (f"{head}: using {type(processor.feature_extractor).__name__}(), as the {family.name} "
+                           f"family takes, and {tokenizer}")
+    fitted = _fit_feature_extractor(processor.feature_extractor, encoder)
     if fitted is None:
-        return processor, "this model has no processor: using the built-in one (WhisperFeatureExtractor, 128 mels)"
+        return processor, f"{head}: using the built-in one (WhisperFeatureExtractor, 128 mels) and {tokenizer}"
     processor.feature_extractor = fitted
-    return processor, (f"this model has no processor: using a WhisperFeatureExtractor fitted to its encoder "
+    return processor, (f"{head}: using a WhisperFeatureExtractor fitted to its encoder "
                        f"({fitted.feature_size} mels, {fitted.nb_max_frames} frames = {fitted.chunk_length:g} s) "
-                       "and the built-in tokenizer")
+                       f"and {tokenizer}")
 
 
 def _fit_feature_extractor(fe, encoder):
