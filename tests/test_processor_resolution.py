@@ -146,3 +146,53 @@ def test_a_processor_given_as_a_bare_tokenizer_or_extractor_is_taken_for_what_it
     assert r.runs["audio_tower"].ok and r.runs["full_forward"].status == "not_applicable"
     assert r.runs["full_forward"].reason.startswith("the processor given is a feature extractor "
                                                     "(WhisperFeatureExtractor), no tokenizer: full_forward needs")
+
+
+def _importable(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def _save_phi4_with_its_processor(directory, layout):
+    """The tiny Phi-4-multimodal with the files its Phi4MultimodalProcessor saves: the tokenizer (naming the
+    processor class), and the audio feature extractor beside an image processor, either as transformers 5
+    writes them (processor_config.json, one entry a part) or in one preprocessor_config.json (older hub
+    checkpoints). Without torchvision the image processor, hence the processor, cannot load."""
+    models.phi4_multimodal().save_pretrained(directory)
+    AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer.save_pretrained(directory)
+    _set_processor_class(directory, "Phi4MultimodalProcessor")
+    audio = Phi4MultimodalFeatureExtractor().to_dict()
+    image = {"image_processor_type": "Phi4MultimodalImageProcessorFast", "patch_size": 14, "dynamic_hd": 36}
+    if layout == "processor_config":
+        files = {"processor_config.json": {"processor_class": "Phi4MultimodalProcessor", "audio_processor": audio,
+                                           "image_processor": image}}
+    else:
+        files = {"preprocessor_config.json": {**audio, **image, "processor_class": "Phi4MultimodalProcessor"}}
+    for name, values in files.items():
+        (directory / name).write_text(json.dumps(values))
+
+
+@pytest.mark.parametrize("layout", ["processor_config", "preprocessor_config"])
+def test_phi4_multimodal_without_torchvision_runs_its_audio_path_from_the_tokenizer_and_extractor(layout, tmp_path,
+                                                                                                  capsys, root):
+    """Phi-4's processor needs torchvision for its image processor (transformers raises ImportError on
+    loading it; torchvision is not installed where this suite runs, CI included), but the audio path needs
+    only its tokenizer and its audio feature extractor: both strategies run on them, the 53 audio tokens its
+    extractor counts are what the LM consumed. Where torchvision is installed the processor itself loads and
+    the same run passes through it."""
+    directory = tmp_path / "phi4"
+    _save_phi4_with_its_processor(directory, layout)
+    clip = f"{root}/samples/sample.wav"
+    data = _trace([clip, "--model", str(directory), *FAST], tmp_path, capsys)
+    assert _statuses(data) == {"audio_tower": "ok", "full_forward": "ok"}
+    assert [v for v in data["confirmation"] if v["verdict"] == "refuted"] == []
+    sequence = [v for v in data["confirmation"] if v["claim"].startswith("LM sequence")
+                and v["strategy"] == "full_forward"]
+    assert [v["verdict"] for v in sequence] == ["confirmed"]
+    assert data["clip"]["audio_tokens"] == 53
+    if not _importable("torchvision"):
+        assert data["notes"] == ["its processor (Phi4MultimodalProcessor) needs torchvision, which is not installed; "
+                                 "its tokenizer (Qwen2Tokenizer) and feature extractor (Phi4MultimodalFeatureExtractor) "
+                                 "loaded on their own"]
+    static = _trace([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
+    assert "clip_error" not in static and static["clip"]["audio_tokens"] == 53

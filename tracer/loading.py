@@ -223,10 +223,11 @@ def _load_processor(directory: Path, trust_remote_code: bool):
         return None  # NB: AutoProcessor would build one from the model type alone, with nothing of the checkpoint's
     failure = None
     try:
-        found = processor_parts(AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code))
-    except ImportError as e:
-        raise TracerError(_missing_package(directory, e)) from None
+        with _quiet_transformers():  # its deprecation notices (Fast image processors) are not the user's to fix
+            found = processor_parts(AutoProcessor.from_pretrained(directory, trust_remote_code=trust_remote_code))
     except Exception as e:  # noqa: BLE001 - a processor that needs parts this checkpoint lacks, among others
+        # NB: a package it lacks may serve another input only (torchvision for Phi-4's image processor): the
+        # audio parts are looked for on their own, and the package is named below if they cannot do without it
         found, failure = None, e
     declared = _declared_processor(directory)
     if isinstance(found, ProcessorMixin):
@@ -241,11 +242,14 @@ def _load_processor(directory: Path, trust_remote_code: bool):
                                 ("feature_extractor", ships_config, AutoFeatureExtractor)):
         if getattr(parts, name) is None and ships:
             try:
-                setattr(parts, name, loader.from_pretrained(directory, trust_remote_code=trust_remote_code))
+                with _quiet_transformers():
+                    setattr(parts, name, loader.from_pretrained(directory, trust_remote_code=trust_remote_code))
             except ImportError as e:
                 raise TracerError(_missing_package(directory, e)) from None
             except Exception as e:  # noqa: BLE001 - reported below when it leaves nothing to use
                 failure = failure or e
+    if isinstance(failure, ImportError) and parts.feature_extractor is None:  # the audio needs that package too
+        raise TracerError(_missing_package(directory, failure))
     nothing = parts.tokenizer is None and parts.feature_extractor is None
     if failure is not None and (nothing or parts.feature_extractor is None and ships_extractor):
         # what it ships is broken (its own extractor above all): no substitute
@@ -317,7 +321,9 @@ def _parts_found(parts, declared: str | None, failure: Exception | None) -> str:
     else:
         what = f"the checkpoint ships a tokenizer ({tokenizer}) and no feature extractor"
     if declared and failure is not None:
-        return f"its processor ({declared}) does not load here ({_short(failure)}); {what}"
+        package = _missing_name(failure) if isinstance(failure, ImportError) else None
+        why = f"needs {package}, which is not installed" if package else f"does not load here ({_short(failure)})"
+        return f"its processor ({declared}) {why}; {what}"
     return what
 
 
@@ -326,12 +332,17 @@ def _short(error: Exception, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _missing_package(directory: Path, error: Exception, what: str = "its processor") -> str:
+def _missing_name(error: Exception) -> str | None:
+    """The package an ImportError (or transformers' "requires the X library") names, as pip spells it."""
     match = re.search(r"requires the ([\w\-]+) library", str(error)) or re.search(r"No module named '([\w\-]+)'",
                                                                                  str(error))
-    if match is None:
+    return None if match is None else match.group(1).replace("_", "-").lower()
+
+
+def _missing_package(directory: Path, error: Exception, what: str = "its processor") -> str:
+    package = _missing_name(error)
+    if package is None:
         return f"--model {directory}: {what} fails ({first_line(error)})"
-    package = match.group(1).replace("_", "-")
     extra = PROCESSOR_EXTRAS.get(package)
     hint = f"pip install {package}" + (f" (or pip install -e '.[{extra}]')" if extra else "")
     return f"--model {directory}: {what} needs {package}, which is not installed: {hint}"
