@@ -29,6 +29,7 @@ class LoadedModel:
     source: str  # "builtin" | "named" | "dir" | "hub" | "config"
     on_meta: bool
     directory: Path | None = None  # the checkpoint directory it came from, if any
+    processor_error: str | None = None  # static_only: why its processor did not load (the structure needs none)
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def load_model(model: str | None = None, config: str | None = None, *, device, d
     if model:
         directory, source = _resolve_model_dir(model, progress)
         return _load_pretrained(directory, model, source, device, dtype, trust_remote_code, allow_pickle,
-                                device_map)
+                                device_map, static_only)
     return load_builtin(device, dtype)
 
 
@@ -153,7 +154,8 @@ def _load_config(path: Path, trust_remote_code: bool):
 
 
 def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
-                     trust_remote_code: bool, allow_pickle: bool, device_map: str | None = None) -> LoadedModel:
+                     trust_remote_code: bool, allow_pickle: bool, device_map: str | None = None,
+                     static_only: bool = False) -> LoadedModel:
     if not (directory / "config.json").is_file():
         raise TracerError(f"--model {name}: no config.json in {directory}")
     config = _load_config(directory, trust_remote_code)
@@ -179,7 +181,15 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
         raise TracerError(f"--model {name}: cannot load weights ({first_line(e)})") from None
     # NB: with a device map accelerate has placed (and maybe offloaded) every layer: moving it would undo that
     model = (model if device_map else model.to(device)).eval()
-    return LoadedModel(model, _load_processor(directory, trust_remote_code), name, source, False, directory)
+    try:
+        processor, processor_error = _load_processor(directory, trust_remote_code), None
+    except TracerError as e:
+        if not static_only:
+            raise
+        # NB: the static report needs no processor: a missing package (Granite's torchaudio) or a broken one
+        # is the clip section's to say, not a reason to stop
+        processor, processor_error = None, str(e)
+    return LoadedModel(model, processor, name, source, False, directory, processor_error)
 
 
 class _quiet_transformers:

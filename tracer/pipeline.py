@@ -230,6 +230,9 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_text_inputs
     from .loading import processor_for
     prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
+    if loaded.processor_error is not None:  # with static_only: the structure stands without it
+        trace.clip_error = loaded.processor_error
+        return None, None
     if report.audio_encoder is None and report.audio_codec is None:
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
         if tokenizer is None or not callable(tokenizer):
