@@ -144,23 +144,29 @@ def _static_only_reports_the_processor_error(directory, tmp_path, capsys, root, 
     assert data["static"]["audio_encoder"]["path"] == "model.audio_tower"
 
 
-@pytest.mark.skipif(_importable("torchaudio"), reason="torchaudio is installed here")
+@pytest.mark.skipif(_importable("mistral_common"), reason="mistral-common is installed here")
 def test_a_processor_needing_a_missing_package_is_named_not_replaced(tmp_path, capsys, root):
-    """A checkpoint that ships Granite Speech's processor, which needs torchaudio: one line naming the
+    """A checkpoint that ships Voxtral's processor, whose tokenizer needs mistral-common: one line naming the
     package and how to install it, exit 2 (not the built-in processor in its place). --static-only does not
-    need it."""
+    need it. (Granite's, which needs torchaudio for its log-mel only, runs on torch's: test_granite_mel.py.)"""
     import json
 
+    from transformers import WhisperFeatureExtractor
+
     from tracer.cli import main
-    directory = tmp_path / "granite"
+    directory = tmp_path / "voxtral"
     models.upstream_qwen2_audio().save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(
-        {"feature_extractor_type": "GraniteSpeechFeatureExtractor", "processor_class": "GraniteSpeechProcessor"}))
+    (directory / "tekken.json").write_text("{}")
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "MistralCommonBackend", "processor_class": "VoxtralProcessor"}))
+    extractor = WhisperFeatureExtractor(feature_size=80).to_dict()
+    (directory / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "VoxtralProcessor", "feature_extractor": extractor}))
     capsys.readouterr()  # the save's progress bar
     assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--repeats", "1", "--warmup", "0"]) == 2
     err = capsys.readouterr().err
-    error = (f"--model {directory}: its processor needs torchaudio, which is not installed: "
-             "pip install torchaudio (or pip install -e '.[granite]')")
+    error = (f"--model {directory}: its processor needs mistral-common, which is not installed: "
+             "pip install mistral-common (or pip install -e '.[families]')")
     assert err == f"error: {error}\n"
     _static_only_reports_the_processor_error(directory, tmp_path, capsys, root, error)
 

@@ -150,7 +150,7 @@ def qformer_window_inputs(processor, model, encoder, clip: Clip, prompt: str, ta
     import math
 
     fe = feature_extractor_of(processor)
-    if type(fe).__name__ == "GraniteSpeechFeatureExtractor":  # its own call, no padding options
+    if type(fe).__name__ in ("GraniteSpeechFeatureExtractor", "GraniteLogMel"):  # its own call, no padding options
         features = fe([clip.waveform])["input_features"]
         accounting = _frames_accounting(features.shape[1])
     else:

@@ -248,6 +248,7 @@ def _load_processor(directory: Path, trust_remote_code: bool):
         # checkpoint's and look for the rest on its own
         found = AudioParts(tokenizer=tokenizer if ships_tokenizer else None, feature_extractor=_audio_part(found))
     parts = found if isinstance(found, AudioParts) else AudioParts()
+    torch_only = None
     for name, ships, loader in (("tokenizer", ships_tokenizer, AutoTokenizer),
                                 ("feature_extractor", ships_config, AutoFeatureExtractor)):
         if getattr(parts, name) is None and ships:
@@ -255,7 +256,10 @@ def _load_processor(directory: Path, trust_remote_code: bool):
                 with _quiet_transformers():
                     setattr(parts, name, loader.from_pretrained(directory, trust_remote_code=trust_remote_code))
             except ImportError as e:
-                raise TracerError(_missing_package(directory, e)) from None
+                torch_only = _torch_only_extractor(directory, e) if name == "feature_extractor" else None
+                if torch_only is None:
+                    raise TracerError(_missing_package(directory, e)) from None
+                parts.feature_extractor, failure = torch_only, failure or e
             except Exception as e:  # noqa: BLE001 - reported below when it leaves nothing to use
                 failure = failure or e
     if isinstance(failure, ImportError) and parts.feature_extractor is None:  # the audio needs that package too
@@ -268,7 +272,45 @@ def _load_processor(directory: Path, trust_remote_code: bool):
         return None
     parts.declared = declared
     parts.found = _parts_found(parts, declared, failure)
+    if torch_only is not None:
+        theirs = TORCH_ONLY_EXTRACTORS[type(torch_only).__name__]
+        head = f"its processor ({declared})" if declared else f"its {theirs}"
+        tokenizer = (f"its tokenizer ({type(parts.tokenizer).__name__}) loaded on its own, and "
+                     if parts.tokenizer is not None else "no tokenizer; ")
+        parts.found = (f"{head} needs {_missing_name(failure)}, which is not installed: {tokenizer}its {theirs}'s "
+                       f"log-mel computed with torch alone, the same settings ({torch_only!r})")
     return parts
+
+
+# an extractor transformers computes through a package this one does without, and who does: theirs -> ours
+TORCH_ONLY = {"GraniteSpeechFeatureExtractor": ("torchaudio", "tracer.granite_mel", "GraniteLogMel")}
+TORCH_ONLY_EXTRACTORS = {ours: theirs for theirs, (_, _, ours) in TORCH_ONLY.items()}
+
+
+def _torch_only_extractor(directory: Path, error: ImportError):
+    """For a feature extractor that needs a package not installed here only for what torch computes as
+    well (Granite's log-mel through torchaudio): ours, built from the checkpoint's settings; else None."""
+    import importlib
+    values = _extractor_config(directory)
+    entry = TORCH_ONLY.get((values or {}).get("feature_extractor_type"))
+    if entry is None or _missing_name(error) != entry[0]:
+        return None
+    return getattr(importlib.import_module(entry[1]), entry[2])(**values)
+
+
+def _extractor_config(directory: Path) -> dict | None:
+    """The feature extractor's settings as the checkpoint saved them: preprocessor_config.json, or the
+    audio entry of processor_config.json (transformers 5 writes one entry a part)."""
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "feature_extractor"),
+                      ("processor_config.json", "audio_processor")):
+        try:
+            values = json.loads((directory / name).read_text())
+        except (OSError, ValueError):
+            continue
+        values = values.get(key) if key and isinstance(values, dict) else values
+        if isinstance(values, dict) and "feature_extractor_type" in values:
+            return values
+    return None
 
 
 def processor_parts(found, source: str = "its processor"):
