@@ -129,22 +129,46 @@ def _importable(name):
     return importlib.util.find_spec(name) is not None
 
 
-@pytest.mark.skipif(_importable("torchaudio"), reason="torchaudio is installed here")
-def test_a_processor_needing_a_missing_package_is_named_not_replaced(tmp_path, capsys, root):
-    """A checkpoint that ships Granite Speech's processor, which needs torchaudio: one line naming the
-    package and how to install it, exit 2 (not the built-in processor in its place)."""
+def _static_only_reports_the_processor_error(directory, tmp_path, capsys, root, error):
+    """--static-only needs no processor: exit 0, the structure reported and written, and the clip section
+    (clip_error in the JSON) saying why there are no inputs, in the words a real run stops with."""
     import json
 
     from tracer.cli import main
-    directory = tmp_path / "granite"
+    out = tmp_path / "static.json"
+    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only", "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "could not be prepared (the static report above stands)" in stdout and f"! {error}" in stdout
+    data = json.loads(out.read_text())
+    assert data["clip_error"] == error and "clip" not in data
+    assert data["static"]["audio_encoder"]["path"] == "model.audio_tower"
+
+
+@pytest.mark.skipif(_importable("mistral_common"), reason="mistral-common is installed here")
+def test_a_processor_needing_a_missing_package_is_named_not_replaced(tmp_path, capsys, root):
+    """A checkpoint that ships Voxtral's processor, whose tokenizer needs mistral-common: one line naming the
+    package and how to install it, exit 2 (not the built-in processor in its place). --static-only does not
+    need it. (Granite's, which needs torchaudio for its log-mel only, runs on torch's: test_granite_mel.py.)"""
+    import json
+
+    from transformers import WhisperFeatureExtractor
+
+    from tracer.cli import main
+    directory = tmp_path / "voxtral"
     models.upstream_qwen2_audio().save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(
-        {"feature_extractor_type": "GraniteSpeechFeatureExtractor", "processor_class": "GraniteSpeechProcessor"}))
+    (directory / "tekken.json").write_text("{}")
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "MistralCommonBackend", "processor_class": "VoxtralProcessor"}))
+    extractor = WhisperFeatureExtractor(feature_size=80).to_dict()
+    (directory / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "VoxtralProcessor", "feature_extractor": extractor}))
     capsys.readouterr()  # the save's progress bar
-    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only"]) == 2
+    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--repeats", "1", "--warmup", "0"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: --model {directory}: its processor needs torchaudio, which is not installed: "
-                   "pip install torchaudio (or pip install -e '.[granite]')\n")
+    error = (f"--model {directory}: its processor needs mistral-common, which is not installed: "
+             "pip install mistral-common (or pip install -e '.[families]')")
+    assert err == f"error: {error}\n"
+    _static_only_reports_the_processor_error(directory, tmp_path, capsys, root, error)
 
 
 def test_a_shipped_processor_that_does_not_load_is_an_error(tmp_path, capsys, root):
@@ -155,9 +179,10 @@ def test_a_shipped_processor_that_does_not_load_is_an_error(tmp_path, capsys, ro
     models.upstream_qwen2_audio().save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "NoSuchExtractor"}))
     capsys.readouterr()  # the save's progress bar
-    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only"]) == 2
+    assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--repeats", "1", "--warmup", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --model {directory}: its processor does not load (") and err.count("\n") == 1
+    _static_only_reports_the_processor_error(directory, tmp_path, capsys, root, err[len("error: "):-1])
 
 
 def test_qwen2_5_omni_thinker_tower_takes_packed_frames_with_their_lengths(root):

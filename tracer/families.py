@@ -23,6 +23,7 @@ from .inputs import (
     DEFAULT_TARGET,
     IGNORE_INDEX,
     AudioAccounting,
+    AudioParts,
     ModelInputs,
     audio_in_prompt_inputs,
     audio_kwargs_for,
@@ -44,6 +45,10 @@ class Family:
     what_runs: str  # for the table in docs/families.md and the report: what full_forward runs on
     feature_extractor: Callable | None = None  # for a checkpoint that ships none, when Whisper's does not fit
     takes_codec: bool = False  # build() gets the codec front end (no audio encoder) in the encoder's place
+    # None: build() takes a tokenizer and a feature extractor found on their own (AudioParts) as they are.
+    # A dict: build() calls a processor (its audio token, its expansion); parts are joined in the class the
+    # checkpoint's files name when it takes just these two, else in the one named here for the model class.
+    joined_by: dict | None = None
 
 
 def encoder_decoder_inputs(processor, model, encoder, clip: Clip, prompt: str, target: str) -> ModelInputs:
@@ -144,9 +149,9 @@ def qformer_window_inputs(processor, model, encoder, clip: Clip, prompt: str, ta
     pairs)."""
     import math
 
-    audio_processor = getattr(processor, "audio_processor", None)
-    if audio_processor is not None:  # GraniteSpeechFeatureExtractor: its own call, no padding options
-        features = audio_processor([clip.waveform])["input_features"]
+    fe = feature_extractor_of(processor)
+    if type(fe).__name__ in ("GraniteSpeechFeatureExtractor", "GraniteLogMel"):  # its own call, no padding options
+        features = fe([clip.waveform])["input_features"]
         accounting = _frames_accounting(features.shape[1])
     else:
         tower, accounting = encoder_features(processor, encoder, clip)
@@ -295,14 +300,22 @@ def _seamless_extractor():
     return SeamlessM4TFeatureExtractor()  # 80 mels, stacked in pairs: 160 wide, as its speech encoder takes
 
 
-GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in the prompt, loss on the target")
+GENERIC = Family("generic", (), audio_in_prompt_inputs, "the audio's tokens in the prompt, loss on the target",
+                 joined_by={})
 FAMILIES = (
     Family("qwen2_audio", ("Qwen2AudioForConditionalGeneration",), audio_in_prompt_inputs,
-           "the audio's tokens in the prompt, loss on the target"),
+           "the audio's tokens in the prompt, loss on the target",
+           joined_by={"Qwen2AudioForConditionalGeneration": "Qwen2AudioProcessor"}),
     Family("audioflamingo3", ("AudioFlamingo3ForConditionalGeneration", "MusicFlamingoForConditionalGeneration"),
-           audio_in_prompt_inputs, "the audio's <sound> tokens in the prompt, loss on the target"),
+           audio_in_prompt_inputs, "the audio's <sound> tokens in the prompt, loss on the target",
+           joined_by={"AudioFlamingo3ForConditionalGeneration": "AudioFlamingo3Processor",
+                      "MusicFlamingoForConditionalGeneration": "MusicFlamingoProcessor"}),
+    # NB: its own Qwen2_5OmniProcessor needs an image and a video processor too; for a clip it expands the
+    # audio as Qwen2-Audio's does (<|audio_bos|>, one <|AUDIO|> a token by the same length function,
+    # <|audio_eos|>), which the thinker checks against the features it gets
     Family("qwen2_5_omni", ("Qwen2_5OmniThinkerForConditionalGeneration",), packed_tower_inputs,
-           "the thinker on the prompt with the audio's tokens, loss on the target"),
+           "the thinker on the prompt with the audio's tokens, loss on the target",
+           joined_by={"Qwen2_5OmniThinkerForConditionalGeneration": "Qwen2AudioProcessor"}),
     Family("voxtral", ("VoxtralForConditionalGeneration",), unpooled_inputs,
            "the audio's tokens (375 a 30 s window) then the prompt, loss on the target"),
     Family("qwen3_asr", ("Qwen3ASRForConditionalGeneration", "GlmAsrForConditionalGeneration"), measured_inputs,
@@ -329,7 +342,62 @@ def family_of(model) -> Family:
     return next((f for f in FAMILIES if name in f.classes), GENERIC)
 
 
+def processor_from_parts(parts, model) -> tuple:
+    """(processor, note): a tokenizer and a feature extractor found on their own, joined in a processor for
+    a family whose builder calls one (the class the checkpoint's files name, when it takes just these two;
+    else the family's); the parts as they are for any other family, or when nothing joins them (then
+    ``parts.no_full`` says why full_forward cannot run)."""
+    family = family_of(model)
+    if (not isinstance(parts, AudioParts) or family.joined_by is None or parts.tokenizer is None
+            or parts.feature_extractor is None):
+        return parts, ""
+    own = family.joined_by.get(type(_inner_model(model)).__name__)
+    refused = []
+    for name in dict.fromkeys(n for n in (parts.declared, own) if n):
+        processor = _join(name, parts)
+        if processor is None:
+            refused.append(name)
+            continue
+        why = ("the class its files name" if name == parts.declared
+               else f"as the {family.name} family builds its prompt")
+        if refused:
+            why += f"; {refused[0]}, which its files name, takes more than a tokenizer and a feature extractor"
+        return processor, f"; joined in a {name} ({why})"
+    tried = f" ({', '.join(refused)} takes more than a tokenizer and a feature extractor)" if refused else ""
+    no_full = (f"{parts.found}, and no processor class joins them to put the audio's tokens in the prompt"
+               f"{tried}: pass a directory that ships its processor")
+    return replace(parts, no_full=no_full), f"; no processor class joins them{tried}"
+
+
+def _join(name: str, parts: AudioParts):
+    """transformers' processor class ``name`` made of the parts, when it takes just a feature extractor and
+    a tokenizer (the tokenizer's chat template, which the checkpoint ships beside it, going along); None
+    when it takes more, or does not build on them."""
+    import inspect
+
+    import transformers
+    cls = getattr(transformers, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.ProcessorMixin):
+        return None
+    attributes = cls.get_attributes() if hasattr(cls, "get_attributes") else getattr(cls, "attributes", ())
+    if set(attributes) != {"feature_extractor", "tokenizer"}:
+        return None
+    kwargs = {}
+    template = getattr(parts.tokenizer, "chat_template", None)
+    if template and "chat_template" in inspect.signature(cls.__init__).parameters:
+        kwargs["chat_template"] = template
+    try:
+        return cls(feature_extractor=parts.feature_extractor, tokenizer=parts.tokenizer, **kwargs)
+    except Exception:  # noqa: BLE001 - a tokenizer without the tokens this class expects, among others
+        return None
+
+
 def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
                    target: str = DEFAULT_TARGET) -> ModelInputs:
-    """Build both strategies' inputs from one clip, as the model's family takes them."""
-    return family_of(model).build(processor, model, encoder, clip, prompt, target)
+    """Build both strategies' inputs from one clip, as the model's family takes them. With parts that
+    cannot make the text (no tokenizer, or none joins them), full_forward says why, the same for every
+    family."""
+    inputs = family_of(model).build(processor, model, encoder, clip, prompt, target)
+    if inputs.full is None and isinstance(processor, AudioParts):
+        inputs = replace(inputs, no_full_reason=processor.no_full or processor.no_tokenizer())
+    return inputs

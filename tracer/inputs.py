@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .audio import Clip
 from .errors import TracerError
@@ -37,6 +38,24 @@ class ModelInputs:
     audio_in_lm: bool = True  # False for encoder-decoder models: the decoder cross-attends the encoder
     no_full_reason: str = "the processor builds no text input for this model"  # when full is None
     tower_frames: int | None = None  # leading frames of the encoder's output that hold the clip (None: all)
+
+
+@dataclass
+class AudioParts:
+    """What stands in for a processor when a checkpoint ships none that loads: its tokenizer and its feature
+    extractor, each found on its own (None when it ships none). The family builders take it where they take
+    a processor (``.tokenizer``, ``.feature_extractor``); a family whose builder calls a processor gets one
+    joined from the two (``families.processor_from_parts``)."""
+    tokenizer: Any = None
+    feature_extractor: Any = None
+    declared: str | None = None  # the processor class the checkpoint's files name, if any
+    found: str = ""  # how they were found, for the report's note
+    no_full: str = ""  # why full_forward cannot run on them, when a tokenizer is not the reason
+
+    def no_tokenizer(self) -> str:
+        """Why full_forward cannot run when no tokenizer was found."""
+        return (f"{self.found or 'no tokenizer'}: full_forward needs its tokenizer for the prompt and the target; "
+                "pass a directory that has it (audio_tower runs on the feature extractor alone)")
 
 
 def feature_extractor_of(processor):

@@ -158,8 +158,10 @@ def _load(model, config, processor, options: TraceOptions, device, dtype, observ
     if model is not None and not isinstance(model, str):
         if config is not None:
             raise TracerError("model and config exclude each other: config builds a model from a config file alone")
+        from .loading import processor_parts
         on_meta = any(p.device.type == "meta" for p in model.parameters())
-        return LoadedModel(model, processor, type(model).__name__, "object", on_meta)
+        return LoadedModel(model, processor_parts(processor, "the processor given"), type(model).__name__, "object",
+                           on_meta)
     return load_model(model, config, device=device, dtype=dtype, static_only=options.static_only,
                       trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle,
                       device_map=options.device_map, progress=lambda text: observe("progress", None, text))
@@ -172,10 +174,13 @@ def _note(trace: _Draft, observe: Observer, text: str) -> None:
 
 def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft, observe: Observer):
     from .audio import load_clip
-    from .families import family_of, prepare_inputs
+    from .families import family_of, prepare_inputs, processor_from_parts
     from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_text_inputs
     from .loading import processor_for
     prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
+    if loaded.processor_error is not None:  # with static_only: the structure stands without it
+        trace.clip_error = loaded.processor_error
+        return None, None
     if report.audio_encoder is None and report.audio_codec is None:
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
         if tokenizer is None or not callable(tokenizer):
@@ -194,25 +199,30 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     # a codec front end (Kyutai) takes the encoder's place: its family encodes the clip with it
     encoder = dict(loaded.model.named_modules())[report.audio_encoder.path if report.audio_encoder
                                                  else report.audio_codec]
-    processor, note = processor_for(loaded, encoder)
-    family = family_of(loaded.model)
-    if note and family.feature_extractor is not None:  # the family knows its extractor better than ours
-        processor.feature_extractor = family.feature_extractor()
-        note = (f"this model has no processor: using {type(processor.feature_extractor).__name__}(), as the "
-                f"{family.name} family takes, and the built-in tokenizer")
-    if note:
-        _note(trace, observe, note)
+
+    def resolve():
+        processor, note = processor_for(loaded, encoder, family_of(loaded.model))
+        processor, joined = processor_from_parts(processor, loaded.model)
+        if note or joined:
+            _note(trace, observe, (note or "") + joined)
+        return processor, feature_extractor_of(processor).sampling_rate
+
+    resolved = _prepared(resolve, trace, options)
+    if resolved is None:  # with static_only: clip_error says why
+        return None, None
+    processor, rate = resolved
     fe = feature_extractor_of(processor)
-    audio = load_clip(clip, fe.sampling_rate, max_seconds=float(getattr(fe, "chunk_length", None) or 30),
+    audio = load_clip(clip, rate, max_seconds=float(getattr(fe, "chunk_length", None) or 30),
                       offset=options.offset, duration=options.duration)
     return audio, _prepared(lambda: prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt,
                                                    target=target), trace, options)
 
 
 def _prepared(prepare, trace: _Draft, options: TraceOptions):
-    """The model's inputs for a clip that was read fine. With static_only a processor that fails on it is
-    recorded, not raised: the structure is still worth its report and its JSON. Bad input (TracerError: a
-    clip too short for one encoder frame, a --target too long) is refused as always."""
+    """What ``prepare`` makes of the processor: the model's inputs for a clip that was read fine (or the
+    processor itself). With static_only a processor that fails is recorded, not raised: the structure is
+    still worth its report and its JSON. Bad input (TracerError: a clip too short for one encoder frame, a
+    --target too long) is refused as always."""
     try:
         return prepare()
     except TracerError:
