@@ -417,6 +417,6 @@ def test_a_missing_package_is_named_as_pip_installs_it():
     """PIL is installed as Pillow (transformers 4.57's Phi-4 processor imports it)."""
     from pathlib import Path
 
-    from tracer.loading import _missing_package
+    from tracer.processors import _missing_package
     text = _missing_package(Path("ckpt"), ImportError("No module named 'PIL'"))
     assert text == "--model ckpt: its processor needs Pillow, which is not installed: pip install Pillow"

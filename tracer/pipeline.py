@@ -158,7 +158,7 @@ def _load(model, config, processor, options: TraceOptions, device, dtype, observ
     if model is not None and not isinstance(model, str):
         if config is not None:
             raise TracerError("model and config exclude each other: config builds a model from a config file alone")
-        from .loading import processor_parts
+        from .processors import processor_parts
         on_meta = any(p.device.type == "meta" for p in model.parameters())
         return LoadedModel(model, processor_parts(processor, "the processor given"), type(model).__name__, "object",
                            on_meta)
@@ -176,7 +176,7 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     from .audio import load_clip
     from .families import family_of, prepare_inputs, processor_from_parts
     from .inputs import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_text_inputs
-    from .loading import processor_for
+    from .processors import processor_for
     prompt, target = options.prompt or DEFAULT_PROMPT, options.target or DEFAULT_TARGET
     if loaded.processor_error is not None:  # with static_only: the structure stands without it
         trace.clip_error = loaded.processor_error
