@@ -11,6 +11,9 @@
 #   pip check   the row's versions inside setup.cfg's declared ranges (an "out" row is expected outside)
 #   trace       bin/trace samples/sample.wav --repeats 1 --warmup 0: exit 0 and no REFUTED claim
 #   tests       python3 -m pytest -q $TESTS (the family checkpoints, confirmation, gradient causes)
+# SWIFT=1 also installs ms-swift ($SWIFT_PIN, its requirements held to the row's torch/transformers/peft by
+# the constraints file) into the 5.19 row, ms-swift 4.6's ceiling, and adds tests/test_swift.py (TracerCallback
+# in ms-swift's own Seq2SeqTrainer) to that row's tests; the other rows are unchanged.
 # A "pass" row must pass all three; an "out" row is one setup.cfg excludes (docs/compat.md says why): it is
 # run to show that it still fails, and its failure does not fail the script. Prints a table; exits 1 when a
 # "pass" row fails (or an "out" row unexpectedly passes everything: widen setup.cfg after a look).
@@ -20,6 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 COMPAT_DIR=${COMPAT_DIR:-/tmp/tracer-compat}
 TESTS=${TESTS:-tests/test_family_checkpoints.py tests/test_confirmation.py tests/test_causes.py}
 TORCH=torch==2.13.0
+SWIFT_PIN=ms-swift==4.6.0
 
 # name  transformers  peft  expect   why this row
 ROWS=(
@@ -57,9 +61,12 @@ run_row() {  # name transformers peft -> sets INSTALL CHECK TRACE TEST (cells) a
     INSTALL="venv failed"; OK=0; return
   fi
   local py="$venv/bin/python3"
-  echo "$TORCH" >"$venv/constraints.txt"
+  local tests=$TESTS swift=0
+  [ "${SWIFT:-0}" = 1 ] && [ "$name" = 5.19 ] && { swift=1; tests="$tests tests/test_swift.py"; }
+  printf '%s\n' "$TORCH" "transformers==$tf" "peft==$peft" >"$venv/constraints.txt"
   if ! { "$py" -m pip install -q "$TORCH" &&
          "$py" -m pip install -q -c "$venv/constraints.txt" "transformers==$tf" "peft==$peft" "${REQUIRES[@]}" "pytest>=7" &&
+         { [ "$swift" = 0 ] || "$py" -m pip install -q -c "$venv/constraints.txt" "$SWIFT_PIN"; } &&
          "$py" -m pip install -q --no-deps -e "$ROOT"; } >>"$log-install.log" 2>&1; then
     INSTALL="failed ($(seconds "$t0") s)"; CHECK=-; TRACE=-; TEST=-; OK=0; return
   fi
@@ -81,7 +88,7 @@ run_row() {  # name transformers peft -> sets INSTALL CHECK TRACE TEST (cells) a
 
   t0=$(date +%s)
   # shellcheck disable=SC2086
-  "$py" -m pytest -q -p no:cacheprovider $TESTS >"$log-tests.log" 2>&1
+  "$py" -m pytest -q -p no:cacheprovider $tests >"$log-tests.log" 2>&1
   rc=$?
   TEST="$(tail -n 1 "$log-tests.log" | sed -e 's/=//g' -e 's/^ *//' -e 's/ in [0-9.]*s.*//') ($(seconds "$t0") s)"
   [ "$rc" = 0 ] || OK=0
