@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from tracer.api import Tracer  # noqa: E402
-from tracer.memory import PeakMemory  # noqa: E402
+from tracer.peak_memory import PeakMemory  # noqa: E402
 
 MEDIUM = dict(
     audio_config=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,

@@ -8,7 +8,7 @@ from tracer.audio import load_clip
 from tracer.confirmation import confirm
 from tracer.discovery import static_report
 from tracer.records import ModuleRecord, RunRecord, TensorMeta
-from tracer.reporting import clip_record
+from tracer.render_static import clip_record
 from tracer.strategies import RunOptions, run_strategies
 
 

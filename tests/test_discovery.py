@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from tracer.discovery import static_report
 from tracer.loading import load_model
-from tracer.reporting import render_static, render_tree
+from tracer.render_static import render_static, render_tree
 
 
 @pytest.fixture(scope="module")

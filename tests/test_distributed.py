@@ -119,8 +119,8 @@ def test_each_stage_line_names_its_slowest_rank_and_where_that_rank_loses_the_ti
     line names the stage's slowest rank and modules of that stage, each stretch of time once. Before, backward
     windows nested and overlapped: a wait in FSDP2's collective counted once per window around it, and every
     listed module could name a rank the stage table did not. The slowed module leads its stage's line."""
-    from tracer.naming import label
-    from tracer.report_runtime import render_ranks
+    from tracer.module_paths import label
+    from tracer.render_runs import render_ranks
     merged = ranks[mode][0]["merged"]
     for name, stage in merged["stages"].items():
         for rank in (0, 1):
@@ -344,7 +344,7 @@ def test_ranks_that_disagree_on_a_status_are_named_with_the_skew_by_hand():
     """Two ranks' summaries merged: skew = slowest / median, the excess over the median, and a LoRA layer
     whose status differs named with each rank's status."""
     from tracer.distributed import _merged
-    from tracer.report_runtime import agreement_lines
+    from tracer.render_runs import agreement_lines
     layer = ("base_model.model.model.layers.0.self_attn.q_proj", "default")
     summaries = [{"rank": r, "modules": {"m": (fwd, 1.0, None)}, "stages": {"language_model": {
         "forward_ms": fwd, "backward_ms": 1.0}}, "lora": {layer: status}, "total_forward_ms": fwd,

@@ -117,7 +117,7 @@ def test_peak_memory_sees_an_allocation(root):
     is why the sampled RSS is a lower bound, and the tensor tracker the figure the report uses)."""
     import subprocess
     import sys
-    code = ("import torch; from tracer.memory import PeakMemory\n"
+    code = ("import torch; from tracer.peak_memory import PeakMemory\n"
             "with PeakMemory(torch.device('cpu')) as memory:\n    block = torch.ones(20_000_000)\n"
             "print(memory.peak_bytes)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)

@@ -1,5 +1,5 @@
 """The RANKS section's parts by hand: each instant of a backward given to one module, names never blank."""
-from tracer.naming import label
+from tracer.module_paths import label
 from tracer.rollup import own_backward_ns
 
 

@@ -68,7 +68,7 @@ def _run(forward, traced_over_untraced):
 
 def test_noisy_timings_are_marked_and_no_overhead_is_claimed_from_them():
     """Issue 22: '0.63× untraced (the tracer's own overhead)' under load; a 764-1670 ms spread unjudged."""
-    from tracer.report_runtime import render_run
+    from tracer.render_runs import render_run
     spread = _run((800, 764, 1670, 3), 1.4)
     faster_traced = _run((20, 19.5, 20.5, 3), 0.63)
     clean = _run((20, 19.5, 20.5, 3), 1.3)

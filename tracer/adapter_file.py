@@ -101,6 +101,6 @@ def _modules(keys) -> list[str]:
     from .vocab import strip_peft_prefix
     return sorted({strip_peft_prefix(k.split(".lora_")[0]) for k in keys})
 def _groups(paths: list[str], shown: int = 4) -> str:
-    from .naming import collapse_paths
+    from .module_paths import collapse_paths
     groups = [f"{p} ({n})" if n > 1 else p for p, n in collapse_paths(paths)]
     return ", ".join(groups[:shown]) + (f", … {len(groups) - shown} more groups" if len(groups) > shown else "")

@@ -46,14 +46,14 @@ class TextReport:
         self.out, self.args = out, args
 
     def __call__(self, event: str, report, detail) -> None:
-        from .report_runtime import (
+        from .render_runs import (
             render_comparison,
             render_confirmation,
             render_lora_diagnosis,
             render_lora_setup,
             render_run,
         )
-        from .reporting import render_clip, render_static
+        from .render_static import render_clip, render_static
         out, args = self.out, self.args
         if event == "progress":  # long work before the report starts (a named model's first build)
             print(detail, file=sys.stderr, flush=True)
@@ -79,11 +79,11 @@ class TextReport:
                 out.emit(render_lora_diagnosis(report.runs, report.lora_diagnosis, report.lora_setup))
             out.emit(render_confirmation(report.verdicts, runs=report.runs))
             if report.distributed and report.distributed.get("strategies"):
-                from .report_runtime import render_ranks
+                from .render_runs import render_ranks
                 out.emit(render_ranks(report.distributed))
             if report.lora_diagnosis is not None:
                 # NB: last on the terminal, the lines a user sees when the run ends; first in the Markdown
-                from .report_runtime import render_verdict
+                from .render_runs import render_verdict
                 out.emit(render_verdict(report.runs))
 
 

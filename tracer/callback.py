@@ -95,7 +95,7 @@ def step_section(step: int, run: dict):
     its cause and fix, the notes, then the layers' norms and update ratios (the non-ok ones, or the first few)."""
     from tabulate import tabulate
 
-    from .naming import short
+    from .module_paths import short
     from .sections import Section
     from .verdict import problem_groups, verdict_lines
     lora = run.get("lora") or []
@@ -131,5 +131,5 @@ def ranks_lines(merged: dict | None) -> str:
     for name, stage in merged["stages"].items():
         if stage["skew"] is not None:
             lines.append(f"    {name}: slowest on rank {stage['slowest_rank']}, {stage['skew']:.2f}x the median")
-    from .report_runtime import agreement_lines
+    from .render_runs import agreement_lines
     return "\n".join(lines + agreement_lines(merged, "    "))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .discovery import StaticReport
-from .naming import is_under, short
+from .module_paths import is_under, short
 from .records import TensorMeta
 from .vocab import CONFIRMED, LAYER_LIST_NAMES, NOT_CHECKED, NOTED, REFUTED
 

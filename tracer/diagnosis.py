@@ -10,7 +10,7 @@ import math
 from .collected import AutogradOff
 from .distributed import grad_norms, tensor_facts
 from .lora_params import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
-from .naming import collapse_paths
+from .module_paths import collapse_paths
 from .records import LoraLayerRecord
 from .vocab import strip_peft_prefix
 from .vocab import LORA_STATUSES

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from .errors import TracerError
-from .naming import collapse_paths, new_roots, short
-from .report_runtime import fmt_bytes, fmt_ms
+from .module_paths import collapse_paths, new_roots, short
+from .render_runs import fmt_bytes, fmt_ms
 from .schema import read_record
 from .vocab import STRATEGIES
 

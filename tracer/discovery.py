@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import sys
 
-from .naming import is_under
+from .module_paths import is_under
 from .records import (
     AudioEncoderInfo,
     LanguageModelInfo,

@@ -7,7 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .naming import short
+from .module_paths import short
 from .schema import SCHEMA_VERSION
 from .vocab import LAYER_LIST_NAMES, LAYER_PATH
 

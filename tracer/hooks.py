@@ -89,7 +89,7 @@ class Collector:
         self._cuda = first is not None and first.device.type == "cuda"
         self._memory = None
         if self.memory:
-            from .memory import CudaAllocatorMemory
+            from .peak_memory import CudaAllocatorMemory
             self._memory = self.memory_source or (CudaAllocatorMemory(first.device.index) if self._cuda else None)
         self._now = self._cuda_event if self._cuda else time.perf_counter_ns
         from .distributed import fsdp1_units, is_fsdp1_view, is_sharded, is_zero3, local

@@ -122,7 +122,7 @@ def not_targeted(peft_model, component_of: dict) -> list[dict]:
     import torch.nn as nn
 
     from .lora_params import lora_layers
-    from .naming import collapse_paths
+    from .module_paths import collapse_paths
     wrapped = {path for path, _ in lora_layers(peft_model)}
     kinds = {(path.rpartition(".")[2], component_of.get(path)) for path in wrapped}
     left = [path for path, module in peft_model.named_modules()

@@ -49,7 +49,7 @@ class TraceReport:
         return any(r.status == RUN_FAILED for r in self.runs.values())
 
     def clip_record(self):  # records.ClipRecord | None
-        from .reporting import clip_record
+        from .render_static import clip_record
         return None if self.clip is None else clip_record(self.clip.info, self.inputs)
 
     def to_dict(self) -> dict:

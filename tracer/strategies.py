@@ -14,8 +14,8 @@ from .discovery import StaticReport
 from .errors import StrategyFailed, first_line
 from .api import Tracer
 from .inputs import encoder_hidden
-from .memory import PeakMemory
-from .naming import new_roots
+from .peak_memory import PeakMemory
+from .module_paths import new_roots
 from .options import RunOptions  # noqa: F401 - re-exported: run_strategy(…, RunOptions(…))
 from .records import Comparison, RunRecord, StageRecord, Timing
 from .rollup import run_facts

@@ -2,7 +2,7 @@
 records or their JSON dicts, so the terminal report, the Markdown and the training callback say the same."""
 from __future__ import annotations
 
-from .naming import collapse_paths, short
+from .module_paths import collapse_paths, short
 
 LEARNING = ("ok", "zero_init")  # zero_init: a fresh adapter before its first step, expected
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from .naming import label, short
+from .module_paths import label, short
 from .sections import Section
 
 
