@@ -95,12 +95,12 @@ def family_of(model) -> Family:
     return next((f for f in FAMILIES if name in f.classes), GENERIC)
 
 
-def processor_from_parts(parts, model) -> tuple:
+def processor_from_parts(parts, model, family: Family | None = None) -> tuple:
     """(processor, note): a tokenizer and a feature extractor found on their own, joined in a processor for
     a family whose builder calls one (the class the checkpoint's files name, when it takes just these two;
     else the family's); the parts as they are for any other family, or when nothing joins them (then
-    ``parts.no_full`` says why full_forward cannot run)."""
-    family = family_of(model)
+    ``parts.no_full`` says why full_forward cannot run). ``family``: family_of(model), when known already."""
+    family = family or family_of(model)
     if (not isinstance(parts, AudioParts) or family.joined_by is None or parts.tokenizer is None
             or parts.feature_extractor is None):
         return parts, ""
@@ -146,11 +146,11 @@ def _join(name: str, parts: AudioParts):
 
 
 def prepare_inputs(processor, model, encoder, clip: Clip, prompt: str = DEFAULT_PROMPT,
-                   target: str = DEFAULT_TARGET) -> ModelInputs:
+                   target: str = DEFAULT_TARGET, family: Family | None = None) -> ModelInputs:
     """Build both strategies' inputs from one clip, as the model's family takes them. With parts that
     cannot make the text (no tokenizer, or none joins them), full_forward says why, the same for every
     family."""
-    inputs = family_of(model).build(processor, model, encoder, clip, prompt, target)
+    inputs = (family or family_of(model)).build(processor, model, encoder, clip, prompt, target)
     if inputs.full is None and isinstance(processor, AudioParts):
         inputs = replace(inputs, no_full_reason=processor.no_full or processor.no_tokenizer())
     return inputs

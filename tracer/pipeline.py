@@ -189,7 +189,8 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
         _note(trace, observe, "no audio encoder: the clip is read for the record, full_forward runs on the text alone")
         audio = load_clip(clip, 16000, offset=options.offset, duration=options.duration)
         return audio, _prepared(lambda: prepare_text_inputs(tokenizer, prompt, target), trace, options)
-    if report.audio_encoder is None and not family_of(loaded.model).takes_codec:
+    family = family_of(loaded.model)  # once for the clip: the processor, the join and the inputs all follow it
+    if report.audio_encoder is None and not family.takes_codec:
         why = (f"its audio enters through the codec at {report.audio_codec} as discrete codes in the LM's input, "
                "and no family entry says how to build them (step 3 has its structure)")
         if options.static_only:
@@ -201,8 +202,8 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
                                                  else report.audio_codec]
 
     def resolve():
-        processor, note = processor_for(loaded, encoder, family_of(loaded.model))
-        processor, joined = processor_from_parts(processor, loaded.model)
+        processor, note = processor_for(loaded, encoder, family)
+        processor, joined = processor_from_parts(processor, loaded.model, family)
         if note or joined:
             _note(trace, observe, (note or "") + joined)
         return processor, feature_extractor_of(processor).sampling_rate
@@ -215,7 +216,7 @@ def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft
     audio = load_clip(clip, rate, max_seconds=float(getattr(fe, "chunk_length", None) or 30),
                       offset=options.offset, duration=options.duration)
     return audio, _prepared(lambda: prepare_inputs(processor, loaded.model, encoder, audio, prompt=prompt,
-                                                   target=target), trace, options)
+                                                   target=target, family=family), trace, options)
 
 
 def _prepared(prepare, trace: _Draft, options: TraceOptions):
