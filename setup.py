@@ -1,6 +1,6 @@
 """The checkout's top-level samples/ is the one source of the files the tracer runs on without --model; a
 wheel (or a plain `pip install .`) has no checkout beside it, so build_py copies them into the package as
-tracer/_samples/, where tracer/assets.py finds them through importlib.resources."""
+tracer/_samples/, where tracer/load/assets.py finds them through importlib.resources."""
 import os
 import shutil
 

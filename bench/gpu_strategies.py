@@ -27,7 +27,7 @@ def main() -> int:
         print("error: no CUDA device: this check runs on a GPU machine", file=sys.stderr)
         return 2
     from tracer import TraceOptions, trace_clip
-    from tracer.render_runs import render_comparison, render_run
+    from tracer.render.runs import render_comparison, render_run
 
     def progress(event, report, detail):
         if event == "static":

@@ -33,8 +33,8 @@ warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is depre
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from tracer.api import Tracer  # noqa: E402
-from tracer.peak_memory import PeakMemory  # noqa: E402
+from tracer.api.tracer import Tracer  # noqa: E402
+from tracer.collect.peak_memory import PeakMemory  # noqa: E402
 
 MEDIUM = dict(
     audio_config=dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
@@ -49,10 +49,10 @@ def medium_model():
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from tracer.audio import load_clip
-    from tracer.discovery import static_report
-    from tracer.families import prepare_inputs
-    from tracer.loading import BUILTIN_CLIP, BUILTIN_MODEL_DIR
+    from tracer.load.audio import load_clip
+    from tracer.static.discovery import static_report
+    from tracer.inputs.families import prepare_inputs
+    from tracer.load.assets import BUILTIN_CLIP, BUILTIN_MODEL_DIR
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**MEDIUM)).eval()
     from transformers import AutoProcessor
@@ -213,7 +213,7 @@ def bench_overhead(quick: bool) -> dict:
 
 def bench_fidelity(model, inputs, report) -> dict:
     """Stage times from the traced pass vs the same forward timed untraced (median of 5 untraced passes)."""
-    from tracer.strategies import RunOptions, run_strategy
+    from tracer.run.strategies import RunOptions, run_strategy
     out = {}
     for name, path in (("audio_tower", report.audio_encoder.path), ("full_forward", "")):
         run = run_strategy(name, model, report, inputs, RunOptions(repeats=5, warmup=1), torch.device("cpu"))
@@ -229,7 +229,7 @@ def bench_fidelity(model, inputs, report) -> dict:
 def bench_memory_pass(model, inputs, report) -> dict:
     """The memory pass (TensorMemory + a Tracer reading it) against a plain fwd+bwd of the same step: what
     it costs on its own. Timed passes never carry it (it is a pass of its own)."""
-    from tracer.strategies import RunOptions, _memory_pass, make_step
+    from tracer.run.strategies import RunOptions, _memory_pass, make_step
     cpu = torch.device("cpu")
     out = {}
     for name in ("audio_tower", "full_forward"):
@@ -256,7 +256,7 @@ def bench_callback(steps: int = 10) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from tracer.callback import TracerCallback
+    from tracer.api.callback import TracerCallback
     _sys.path.insert(0, os.path.join(ROOT, "tests"))
     from helpers import tiny_inputs
 
@@ -323,8 +323,8 @@ def bench_memory() -> dict:
 def bench_scale() -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from tracer.discovery import static_report
-    from tracer.loading import load_model
+    from tracer.static.discovery import static_report
+    from tracer.load.model import load_model
     out = {}
     t = time.perf_counter()
     loaded = load_model(config=os.path.join(ROOT, "samples/qwen2-audio-7b.json"), device=torch.device("cpu"),

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tracer.api import Tracer  # noqa: E402
+from tracer.api.tracer import Tracer  # noqa: E402
 
 SLOWED = "base_model.model.model.layers.1.mlp"  # rank 1 sleeps here
 # large against a loaded machine's noise (a whole stage's forward took 25 ms on rank 0 under load): the tests
@@ -154,7 +154,7 @@ def trainer(out_dir: str) -> None:
     rank 0 alone."""
     from transformers import Trainer, TrainingArguments
 
-    from tracer.callback import TracerCallback
+    from tracer.api.callback import TracerCallback
 
     class Batches(torch.utils.data.Dataset):
         def __len__(self):

@@ -4,8 +4,8 @@ import os
 
 import models
 
-from tracer.audio import load_clip
-from tracer.families import prepare_inputs
+from tracer.load.audio import load_clip
+from tracer.inputs.families import prepare_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,7 +14,7 @@ def builtin_paths(model) -> tuple:
     """(audio encoder, the LM's layer list) of the built-in model, as the installed transformers lays it out:
     model.audio_tower and model.language_model.layers (5.24); audio_tower and language_model.model.layers
     (5.6, whose language_model is a Qwen2ForCausalLM at the top level)."""
-    from tracer.discovery import static_report
+    from tracer.static.discovery import static_report
     report = static_report(model)
     return report.audio_encoder.path, report.language_model.layers_path
 

@@ -13,7 +13,7 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import (
     Qwen2AudioMultiModalProjector,
 )
 
-from tracer.loading import BUILTIN_MODEL_DIR, load_builtin
+from tracer.load.model import BUILTIN_MODEL_DIR, load_builtin
 
 
 def builtin_model():

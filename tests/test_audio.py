@@ -7,10 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from tracer.audio import load_clip
-from tracer.discovery import static_report
+from tracer.load.audio import load_clip
+from tracer.static.discovery import static_report
 from tracer.errors import TracerError
-from tracer.families import prepare_inputs
+from tracer.inputs.families import prepare_inputs
 
 
 @pytest.fixture(scope="module")

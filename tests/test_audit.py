@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from tracer.cli import main
+from tracer.cli.main import main
 
 TARGETS = ["fc1", "q_proj"]  # 2 encoder layers x 2 + 2 LM layers x 1 (q_proj): 6 LoRA layers
 WEIGHTS = "adapter_model.safetensors"
@@ -25,7 +25,7 @@ def audit(capsys, *argv):
 def adapters(tmp_path_factory):
     """fresh: saved right after get_peft_model; trained: after one real AdamW step on the clip's inputs."""
     from tracer import TraceOptions, trace_clip
-    from tracer.loading import BUILTIN_CLIP
+    from tracer.load.assets import BUILTIN_CLIP
     t = tmp_path_factory.mktemp("adapters")
     model = get_peft_model(models.builtin_model(), LoraConfig(r=2, lora_alpha=4, target_modules=TARGETS))
     model.save_pretrained(t / "fresh")
@@ -156,7 +156,7 @@ def test_trained_adapter_on_the_main_job_has_no_notes(adapters):
 def test_help_and_a_wrong_directory_import_nothing_heavy(root, tmp_path):
     import subprocess
     import sys
-    code = ("import sys\nfrom tracer.cli import main\ntry:\n    main(['audit', '--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom tracer.cli.main import main\ntry:\n    main(['audit', '--help'])\nexcept SystemExit:\n    pass\n"
             f"assert main(['audit', {str(tmp_path / 'missing')!r}]) == 2\n"
             "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
@@ -166,8 +166,8 @@ def test_help_and_a_wrong_directory_import_nothing_heavy(root, tmp_path):
 
 def test_audit_notes_of_a_partial_adapter_through_attach_lora(adapters, tmp_path):
     """The main job's --adapter path: attach_lora keeps the missing layers as a note, not a peft warning."""
-    from tracer.discovery import static_report
-    from tracer.lora import attach_lora
+    from tracer.static.discovery import static_report
+    from tracer.lora.attach import attach_lora
     partial = edited(adapters, tmp_path, lambda w: {k: v for k, v in w.items() if "language_model" not in k})
     model = models.builtin_model()
     _, setup = attach_lora(model, static_report(model), adapter_dir=str(partial))

@@ -9,7 +9,7 @@ from helpers import hook_counts
 from helpers import tiny_inputs
 from transformers import Trainer, TrainingArguments
 
-from tracer.callback import TracerCallback
+from tracer.api.callback import TracerCallback
 
 LOGGED: list = []  # the callback's log records during the `trained` fixture's run
 
@@ -33,8 +33,8 @@ def clips_made_here(directory, loaded) -> list:
     import soundfile as sf
     from helpers import ROOT
 
-    from tracer.audio import load_clip
-    from tracer.families import prepare_inputs
+    from tracer.load.audio import load_clip
+    from tracer.inputs.families import prepare_inputs
     audio, rate = sf.read(f"{ROOT}/samples/sample.wav", dtype="float32")
     encoder = loaded.model.model.audio_tower
     fulls = []
@@ -175,7 +175,7 @@ def tracer_hooks(model) -> list:
 
 
 def test_tracer_hooks_helper_sees_ours():
-    from tracer.api import Tracer
+    from tracer.api.tracer import Tracer
     loaded, _ = tiny_inputs()
     with Tracer(loaded.model):
         assert len(tracer_hooks(loaded.model)) > 100

@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from helpers import ROOT
 
-from tracer.cli import main
+from tracer.cli.main import main
 
 CASES = [
     # clips

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from helpers import builtin_paths, tiny_inputs
 
-from tracer.api import Tracer
+from tracer.api.tracer import Tracer
 
 LEARNING = {"ok", "zero_init"}
 

@@ -6,7 +6,7 @@ import sys
 
 import models
 
-from tracer.cli import main
+from tracer.cli.main import main
 
 
 def run_cli(capsys, *argv):
@@ -16,7 +16,7 @@ def run_cli(capsys, *argv):
 
 
 def test_help_does_not_import_torch(root):
-    code = ("import sys\nfrom tracer.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom tracer.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("heavy: []")
@@ -82,10 +82,10 @@ def test_model_dir_with_device_map_runs_and_traces(capsys, tmp_path):
 
 def test_package_exports_are_lazy_and_real():
     import tracer
-    from tracer.discovery import static_report
-    from tracer.api import Tracer
+    from tracer.static.discovery import static_report
+    from tracer.api.tracer import Tracer
     assert tracer.Tracer is Tracer and tracer.static_report is static_report
-    from tracer.callback import TracerCallback
-    from tracer.pipeline import TraceOptions, TraceReport, trace_clip
+    from tracer.api.callback import TracerCallback
+    from tracer.run.pipeline import TraceOptions, TraceReport, trace_clip
     assert tracer.TracerCallback is TracerCallback and tracer.trace_clip is trace_clip
     assert tracer.TraceOptions is TraceOptions and tracer.TraceReport is TraceReport

@@ -4,7 +4,7 @@ import json
 import models
 from peft import LoraConfig, get_peft_model
 
-from tracer.cli import main
+from tracer.cli.main import main
 
 FAST = ["--repeats", "1", "--warmup", "0"]
 

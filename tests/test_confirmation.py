@@ -4,12 +4,13 @@ import models
 import torch
 from helpers import ROOT, builtin_paths, tiny_inputs
 
-from tracer.audio import load_clip
-from tracer.confirmation import confirm
-from tracer.discovery import static_report
-from tracer.records import ModuleRecord, RunRecord, TensorMeta
-from tracer.render_static import clip_record
-from tracer.strategies import RunOptions, run_strategies
+from tracer.load.audio import load_clip
+from tracer.diagnose.confirmation import confirm
+from tracer.static.discovery import static_report
+from tracer.records.calls import ModuleRecord, TensorMeta
+from tracer.records.run import RunRecord
+from tracer.render.static import clip_record
+from tracer.run.strategies import RunOptions, run_strategies
 
 
 def verdicts_for(mutate=None):
@@ -55,7 +56,7 @@ def test_clip_record_round_trip_is_what_confirmation_reads():
     loaded, inputs = tiny_inputs()
     from helpers import ROOT
 
-    from tracer.audio import load_clip
+    from tracer.load.audio import load_clip
     record = clip_record(load_clip(f"{ROOT}/samples/sample.wav", 16000).info, inputs)
     assert record.prompt_tokens + record.target_tokens == inputs.full["input_ids"].shape[1]
     assert record.to_dict()["audio_tokens"] == 105 and record.to_dict()["path"].endswith("sample.wav")

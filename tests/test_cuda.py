@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tracer.api import Tracer
+from tracer.api.tracer import Tracer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -75,8 +75,8 @@ def test_strategy_peak_counts_gradients_of_a_fully_trainable_model():
     weights), not only what is allocated on top of the previous pass's gradients."""
     from helpers import tiny_inputs
 
-    from tracer.discovery import static_report
-    from tracer.strategies import RunOptions, run_strategy
+    from tracer.static.discovery import static_report
+    from tracer.run.strategies import RunOptions, run_strategy
     loaded, inputs = tiny_inputs()
     model = loaded.model.cuda()
     for p in model.parameters():
@@ -92,8 +92,8 @@ def test_strategy_memory_comes_from_its_own_pass(cuda_tiny):
     """The timed traced pass reads no allocator stats; module and call rows still carry memory."""
     from helpers import tiny_inputs
 
-    from tracer.discovery import static_report
-    from tracer.strategies import RunOptions, run_strategy
+    from tracer.static.discovery import static_report
+    from tracer.run.strategies import RunOptions, run_strategy
     model, _ = cuda_tiny
     _, inputs = tiny_inputs()
     report = static_report(model)

@@ -7,11 +7,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from helpers import tiny_inputs
 
-from tracer.diagnosis import dead_groups_of
-from tracer.discovery import static_report
-from tracer.api import Tracer
-from tracer.lora import attach_lora, requested_gaps, suggest_targets
-from tracer.strategies import RunOptions, run_strategies
+from tracer.diagnose.lora_status import dead_groups_of
+from tracer.static.discovery import static_report
+from tracer.api.tracer import Tracer
+from tracer.lora.attach import attach_lora, requested_gaps, suggest_targets
+from tracer.run.strategies import RunOptions, run_strategies
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ENC = "model.audio_tower.layers.0.self_attn.q_proj"
@@ -196,7 +196,7 @@ def test_dora_magnitude_gradient_reported():
 
 def test_modules_to_save_copies_are_diagnosed():
     """PEFT trains a copy of each modules_to_save module: it must be the copy that runs and gets gradients."""
-    from tracer.strategies import RunOptions, run_strategies
+    from tracer.run.strategies import RunOptions, run_strategies
     loaded, inputs = tiny_inputs()
     model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj"],
                                                     modules_to_save=["multi_modal_projector"]))
@@ -221,7 +221,7 @@ def test_modules_to_save_copies_are_diagnosed():
 
 def test_one_side_of_tied_weights_changed_by_peft_is_reported():
     """lm_head is tied to embed_tokens: a modules_to_save copy of lm_head (or LoRA on it) trains one side only."""
-    from tracer.lora import broken_ties
+    from tracer.lora.attach import broken_ties
     base = models.text_only_lm(tied=True)
     report = static_report(base)
     assert report.shared_parameters == [["lm_head.weight", "model.embed_tokens.weight"]]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tracer.discovery import static_report
-from tracer.loading import load_model
-from tracer.render_static import render_static, render_tree
+from tracer.static.discovery import static_report
+from tracer.load.model import load_model
+from tracer.render.static import render_static, render_tree
 
 
 @pytest.fixture(scope="module")

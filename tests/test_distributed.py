@@ -10,7 +10,7 @@ import dist_worker
 import pytest
 import torch
 
-from tracer.api import Tracer
+from tracer.api.tracer import Tracer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
@@ -120,7 +120,7 @@ def test_each_stage_line_names_its_slowest_rank_and_where_that_rank_loses_the_ti
     windows nested and overlapped: a wait in FSDP2's collective counted once per window around it, and every
     listed module could name a rank the stage table did not. The slowed module leads its stage's line."""
     from tracer.module_paths import label
-    from tracer.render_runs import render_ranks
+    from tracer.render.runs import render_ranks
     merged = ranks[mode][0]["merged"]
     for name, stage in merged["stages"].items():
         for rank in (0, 1):
@@ -296,7 +296,7 @@ def test_bin_trace_under_torchrun_prints_one_report_with_the_ranks_merged(cli_un
 def test_gradients_are_the_single_process_ones(cli_under_torchrun, tmp_path, root):
     """Every rank traces the same clip, so the averaged gradient (DDP's all-reduce, FSDP2's reduce-scatter,
     its shards' norms summed) is one process's: the same LoRA norms."""
-    from tracer.cli import main
+    from tracer.cli.main import main
     _, data, _ = cli_under_torchrun
     assert main([f"{root}/samples/sample.wav", "--repeats", "1", "--warmup", "0", "--quiet",
                  "--json", str(tmp_path / "one.json")]) == 0
@@ -326,7 +326,7 @@ def test_bin_trace_under_torchrun_writes_a_trace_per_rank(cli_under_torchrun):
 
 
 def test_fsdp_outside_torchrun_is_one_line(capsys, root, monkeypatch):
-    from tracer.cli import main
+    from tracer.cli.main import main
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert main([f"{root}/samples/sample.wav", "--fsdp"]) == 2
     assert capsys.readouterr().err == ("error: --fsdp shards over the ranks of a job: run under torchrun "
@@ -336,15 +336,15 @@ def test_fsdp_outside_torchrun_is_one_line(capsys, root, monkeypatch):
 def test_a_run_missing_on_a_rank_is_named_not_waited_for():
     """merge() with no run (a strategy that failed on this rank) still takes part in the collective; rank 0
     names the rank. Without a process group that rank is 0."""
-    from tracer.distributed import merge
+    from tracer.rollup.ranks import merge
     assert merge(None, {}) == {"failed_on": [0]}
 
 
 def test_ranks_that_disagree_on_a_status_are_named_with_the_skew_by_hand():
     """Two ranks' summaries merged: skew = slowest / median, the excess over the median, and a LoRA layer
     whose status differs named with each rank's status."""
-    from tracer.distributed import _merged
-    from tracer.render_runs import agreement_lines
+    from tracer.rollup.ranks import _merged
+    from tracer.render.runs import agreement_lines
     layer = ("base_model.model.model.layers.0.self_attn.q_proj", "default")
     summaries = [{"rank": r, "modules": {"m": (fwd, 1.0, None)}, "stages": {"language_model": {
         "forward_ms": fwd, "backward_ms": 1.0}}, "lora": {layer: status}, "total_forward_ms": fwd,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.cli import build_audit_parser, build_diff_parser, build_parser
+from tracer.cli.main import build_audit_parser, build_diff_parser, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -127,6 +127,14 @@ def test_every_docs_page_is_linked_from_the_readme():
     linked = {(ROOT / t.split("#", 1)[0]).resolve() for t in LINK.findall(prose(README.read_text()))}
     unlinked = [p.name for p in DOCS if p.resolve() not in linked]
     assert not unlinked, f"docs pages the README does not link: {unlinked}"
+
+
+def test_the_architecture_page_names_every_module():
+    """docs/architecture.md follows the code: every file of the package is named there by its path."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    names = [p.relative_to(ROOT / "tracer").as_posix() for p in sorted((ROOT / "tracer").rglob("*.py"))]
+    missing = [n for n in names if not n.endswith("__init__.py") and f"`{n}`" not in page and f"`tracer/{n}`" not in page]
+    assert missing == []
 
 
 def test_there_are_cheap_commands_to_run():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tracer import TraceOptions, trace_clip
-from tracer.families import family_of
+from tracer.inputs.families import family_of
 
 FAST = TraceOptions(repeats=1, warmup=0)
 
@@ -73,7 +73,7 @@ def test_whisper_target_longer_than_the_decoder_is_one_line(root):
 
 
 def test_whisper_checkpoint_directory_through_the_cli(tmp_path, capsys, root):
-    from tracer.cli import main
+    from tracer.cli.main import main
     model, processor = models.whisper_with_processor()
     model.save_pretrained(tmp_path / "whisper")
     processor.save_pretrained(tmp_path / "whisper")
@@ -90,7 +90,7 @@ def test_whisper_checkpoint_directory_through_the_cli(tmp_path, capsys, root):
 def test_upstream_qwen2_audio_test_config_runs_its_60_frame_encoder(tmp_path, capsys, root):
     """No processor ships with it: the feature extractor is fitted to the encoder (80 mels, 60 frames), and
     full_forward says why it cannot run (no tokenizer fits a 99-token vocabulary) instead of crashing."""
-    from tracer.cli import main
+    from tracer.cli.main import main
     models.upstream_qwen2_audio().save_pretrained(tmp_path / "upstream")
     out = tmp_path / "r.json"
     assert main([f"{root}/samples/sample.wav", "--model", str(tmp_path / "upstream"), "--repeats", "1",
@@ -134,7 +134,7 @@ def _static_only_reports_the_processor_error(directory, tmp_path, capsys, root, 
     (clip_error in the JSON) saying why there are no inputs, in the words a real run stops with."""
     import json
 
-    from tracer.cli import main
+    from tracer.cli.main import main
     out = tmp_path / "static.json"
     assert main([f"{root}/samples/sample.wav", "--model", str(directory), "--static-only", "--json", str(out)]) == 0
     stdout = capsys.readouterr().out
@@ -153,7 +153,7 @@ def test_a_processor_needing_a_missing_package_is_named_not_replaced(tmp_path, c
 
     from transformers import WhisperFeatureExtractor
 
-    from tracer.cli import main
+    from tracer.cli.main import main
     directory = tmp_path / "voxtral"
     models.upstream_qwen2_audio().save_pretrained(directory)
     (directory / "tekken.json").write_text("{}")
@@ -174,7 +174,7 @@ def test_a_processor_needing_a_missing_package_is_named_not_replaced(tmp_path, c
 def test_a_shipped_processor_that_does_not_load_is_an_error(tmp_path, capsys, root):
     import json
 
-    from tracer.cli import main
+    from tracer.cli.main import main
     directory = tmp_path / "broken"
     models.upstream_qwen2_audio().save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "NoSuchExtractor"}))
@@ -215,7 +215,7 @@ def test_voxtral_lm_gets_375_tokens_a_window_and_the_tower_pools_the_clips_frame
     seq = verdicts[("LM sequence = prompt + target tokens, 375 of them audio", "full_forward")]
     assert seq.verdict == "confirmed"
     # the tower's loss is over the clip's frames: the same number by hand
-    from tracer.strategies import tower_loss
+    from tracer.run.strategies import tower_loss
     encoder = model.model.audio_tower
     with torch.no_grad():
         hidden = encoder(input_features=r.inputs.tower["input_features"]).last_hidden_state
@@ -230,7 +230,7 @@ def test_a_model_that_needs_a_missing_package_to_build_is_named(tmp_path, capsys
     """Gemma3n's vision tower is a timm model: without timm, one line naming it, exit 2."""
     from transformers import Gemma3nConfig
 
-    from tracer.cli import main
+    from tracer.cli.main import main
     config = Gemma3nConfig()
     config.architectures = ["Gemma3nForConditionalGeneration"]
     config.save_pretrained(tmp_path / "gemma3n")
@@ -286,7 +286,7 @@ def test_kyutai_codec_front_end_is_said_plainly_and_full_forward_runs_on_its_cod
     labels = r.inputs.full["labels"][0]
     from transformers import AutoProcessor
 
-    from tracer.loading import BUILTIN_MODEL_DIR
+    from tracer.load.model import BUILTIN_MODEL_DIR
     words = AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer(" " + target, add_special_tokens=False)["input_ids"]
     assert labels[0] == -100 and labels[1:len(words) + 1].tolist() == words
     assert set(labels[len(words) + 1:].tolist()) == {model.config.pad_token_id}  # text padding after the words
@@ -417,6 +417,6 @@ def test_a_missing_package_is_named_as_pip_installs_it():
     """PIL is installed as Pillow (transformers 4.57's Phi-4 processor imports it)."""
     from pathlib import Path
 
-    from tracer.processors import _missing_package
+    from tracer.load.processors import _missing_package
     text = _missing_package(Path("ckpt"), ImportError("No module named 'PIL'"))
     assert text == "--model ckpt: its processor needs Pillow, which is not installed: pip install Pillow"

@@ -6,7 +6,7 @@ import json
 import models
 import pytest
 
-from tracer.cli import main
+from tracer.cli.main import main
 
 CHECKPOINTS = {  # family -> builder of (model, processor or None: none ships)
     "qwen2_audio": lambda: (models.builtin_model(), None),

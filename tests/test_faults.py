@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import hook_counts
 
-import tracer.loading
-from tracer.cli import main
+import tracer.load.model
+from tracer.cli.main import main
 
 FAST = ["--repeats", "1", "--warmup", "0"]
 
@@ -26,7 +26,7 @@ def inject(monkeypatch, fault, where=lambda model: model.lm_head):
     """Load the built-in model as usual, then plant ``fault`` on its lm_head (only full_forward runs it),
     or on the module ``where`` picks."""
     seen = {}
-    original = tracer.loading.load_model
+    original = tracer.load.model.load_model
 
     def load(*args, **kwargs):
         loaded = original(*args, **kwargs)
@@ -38,7 +38,7 @@ def inject(monkeypatch, fault, where=lambda model: model.lm_head):
         seen["handle"] = fault(where(model))
         return loaded
 
-    monkeypatch.setattr(tracer.loading, "load_model", load)
+    monkeypatch.setattr(tracer.load.model, "load_model", load)
     return seen
 
 
@@ -98,7 +98,7 @@ def test_unexpected_error_is_one_line_exit_1_with_debug_hint(monkeypatch, capsys
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(tracer.loading, "load_model", broken)
+    monkeypatch.setattr(tracer.load.model, "load_model", broken)
     assert main(["--static-only"]) == 1
     err = capsys.readouterr().err
     assert err == "error: unexpected ZeroDivisionError: division by zero (rerun with --debug for the traceback)\n"

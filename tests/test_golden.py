@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tracer.cli import main
+from tracer.cli.main import main
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 # a byte count with its unit (the unit changes with the size), or a decimal number (times, ratios, losses,

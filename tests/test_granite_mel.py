@@ -1,4 +1,4 @@
-"""Granite Speech without torchaudio: its log-mel front end with torch alone (tracer.granite_mel), held to
+"""Granite Speech without torchaudio: its log-mel front end with torch alone (tracer.load.granite_mel), held to
 what transformers' GraniteSpeechFeatureExtractor computes through torchaudio, and a checkpoint that ships
 Granite's processor traced end to end on it."""
 import importlib.util
@@ -12,8 +12,8 @@ import torch
 from test_processor_resolution import FAST, _set_processor_class, _statuses, _trace
 from transformers import AutoProcessor
 
-from tracer.granite_mel import GraniteLogMel
-from tracer.loading import BUILTIN_MODEL_DIR
+from tracer.load.granite_mel import GraniteLogMel
+from tracer.load.model import BUILTIN_MODEL_DIR
 
 # Made once by tests/data/make_granite_logmel_pin.py where torchaudio installs (its docstring says how to
 # rerun it): GraniteSpeechFeatureExtractor on the shipped clip, whole (211 stacked frames) and cut to

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from helpers import HOOK_DICTS, hook_counts
 
-from tracer.api import Tracer
+from tracer.api.tracer import Tracer
 
 
 
@@ -73,9 +73,9 @@ def test_never_called_on_a_peft_model_leaves_out_peft_dicts_and_bypassed_wrapper
     """On a real PEFT model with only the audio tower called: PEFT's per-layer dicts (lora_A, lora_B,
     lora_dropout, lora_embedding_A/B, lora_magnitude_vector) are containers, the wrappers above the tower
     were bypassed; what is left never ran: embed_positions, and the LM the tower does not reach."""
-    from tracer.discovery import static_report
-    from tracer.hooks import _CONTAINERS
-    from tracer.lora import attach_lora
+    from tracer.static.discovery import static_report
+    from tracer.collect.hooks import _CONTAINERS
+    from tracer.lora.attach import attach_lora
     model = models.builtin_model()
     peft_model, _ = attach_lora(model, static_report(model))
     tower = peft_model.base_model.model.model.audio_tower
@@ -263,8 +263,8 @@ def test_accelerate_offloaded_submodule_traces(tmp_path):
 def test_hook_module_imports_neither_diagnosis_nor_discovery(root):
     import subprocess
     import sys
-    code = ("import sys, torch\nfrom tracer.api import Tracer\nm = torch.nn.Linear(2, 2)\n"
+    code = ("import sys, torch\nfrom tracer.api.tracer import Tracer\nm = torch.nn.Linear(2, 2)\n"
             "with Tracer(m) as tr:\n    m(torch.ones(1, 2)).sum().backward()\ntr.calls(); tr.modules()\n"
-            "print(sorted(n for n in sys.modules if n in ('tracer.diagnosis', 'tracer.discovery')))")
+            "print(sorted(n for n in sys.modules if n in ('tracer.diagnose.lora_status', 'tracer.static.discovery')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -13,8 +13,8 @@ SCRIPT = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import dist_worker
-from tracer.cli import main
-from tracer.api import Tracer
+from tracer.cli.main import main
+from tracer.api.tracer import Tracer
 model = dist_worker.build_model()
 with Tracer(model) as tracer:
     dist_worker.loss_of(model, dist_worker.global_batch()).backward()

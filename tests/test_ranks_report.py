@@ -1,6 +1,6 @@
 """The RANKS section's parts by hand: each instant of a backward given to one module, names never blank."""
 from tracer.module_paths import label
-from tracer.rollup import own_backward_ns
+from tracer.rollup.calls import own_backward_ns
 
 
 def test_own_backward_counts_each_instant_once_in_the_innermost_open_window():

@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from tracer import TraceOptions, TracerError, trace_clip
-from tracer.records import TensorMeta
-from tracer.schema import read_record, run_from_dict, tensor_meta_from_str
+from tracer.records.calls import TensorMeta
+from tracer.records.schema import read_record, run_from_dict, tensor_meta_from_str
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from helpers import tiny_inputs
 
-from tracer.api import Tracer
+from tracer.api.tracer import Tracer
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_steps_zero_is_the_fresh_adapter(root):
 
 
 def test_trajectory_flags():
-    from tracer.diagnosis import trajectory_flags
+    from tracer.diagnose.lora_status import trajectory_flags
 
     def point(a, b, ra=0.01, rb=0.01):
         return {"grad_norm_A": a, "grad_norm_B": b, "update_ratio_A": ra, "update_ratio_B": rb}

@@ -7,10 +7,10 @@ import torch
 from helpers import hook_counts
 from helpers import tiny_inputs
 
-from tracer.cli import main
-from tracer.discovery import static_report
-from tracer.inputs import AudioAccounting, ModelInputs
-from tracer.strategies import RunOptions, compare, run_strategies, tower_loss
+from tracer.cli.main import main
+from tracer.static.discovery import static_report
+from tracer.inputs.common import AudioAccounting, ModelInputs
+from tracer.run.strategies import RunOptions, compare, run_strategies, tower_loss
 
 CPU = torch.device("cpu")
 FAST = RunOptions(repeats=1, warmup=0)
@@ -140,8 +140,8 @@ def test_memory_from_a_separate_pass_lands_on_calls_and_modules():
     its own numbers, and each module its first call's delta and its largest peak."""
     import torch.nn as nn
 
-    from tracer.api import Tracer
-    from tracer.strategies import _with_memory, _with_module_memory
+    from tracer.api.tracer import Tracer
+    from tracer.run.strategies import _with_memory, _with_module_memory
 
     class Twice(nn.Module):
         def __init__(self):

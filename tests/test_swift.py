@@ -18,7 +18,7 @@ from helpers import tiny_inputs
 from peft import LoraConfig
 from peft import get_peft_model
 
-from tracer.callback import TracerCallback
+from tracer.api.callback import TracerCallback
 
 try:
     importlib.metadata.version("ms-swift")

@@ -6,9 +6,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from helpers import tiny_inputs
 
-from tracer.discovery import static_report
-from tracer.strategies import RunOptions, run_strategy
-from tracer.tensor_memory import TensorMemory
+from tracer.static.discovery import static_report
+from tracer.run.strategies import RunOptions, run_strategy
+from tracer.collect.tensor_memory import TensorMemory
 
 CPU = torch.device("cpu")
 

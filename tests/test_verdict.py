@@ -4,9 +4,9 @@ import json
 
 import models
 
-from tracer.cli import main
-from tracer.discovery import static_report
-from tracer.lora import suggest_targets
+from tracer.cli.main import main
+from tracer.static.discovery import static_report
+from tracer.lora.attach import suggest_targets
 
 FAST = ["--repeats", "1", "--warmup", "0"]
 
@@ -31,14 +31,14 @@ def test_the_default_run_ends_with_the_verdict_and_the_markdown_opens_with_it(ca
 def test_a_frozen_layer_is_the_verdict_with_its_cause_and_fix():
     from peft import LoraConfig, get_peft_model
 
-    from tracer.verdict import verdict_lines
+    from tracer.diagnose.verdict import verdict_lines
     model = get_peft_model(models.text_only_lm(tied=False), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     for name, param in model.named_parameters():
         if "v_proj.lora_" in name:
             param.requires_grad_(False)
     import torch
 
-    from tracer.api import Tracer
+    from tracer.api.tracer import Tracer
     ids = torch.randint(0, 100, (1, 8))
     with Tracer(model) as tr:
         model(input_ids=ids, labels=ids).loss.backward()
@@ -60,7 +60,7 @@ def test_encoder_decoder_advice_keeps_the_decoder():
 
 
 def _run(forward, traced_over_untraced):
-    from tracer.records import RunRecord, Timing
+    from tracer.records.run import RunRecord, Timing
     return RunRecord("ok", loss=1.0, loss_kind="lm", latency_ms=Timing(*forward), backward_ms=Timing(10, 9.5, 10.5, 3),
                      peak_memory_bytes=1024, memory_kind="live tensor bytes", traced_ms=30.0,
                      traced_over_untraced=traced_over_untraced, clock="perf_counter_ns")
@@ -68,7 +68,7 @@ def _run(forward, traced_over_untraced):
 
 def test_noisy_timings_are_marked_and_no_overhead_is_claimed_from_them():
     """Issue 22: '0.63× untraced (the tracer's own overhead)' under load; a 764-1670 ms spread unjudged."""
-    from tracer.render_runs import render_run
+    from tracer.render.runs import render_run
     spread = _run((800, 764, 1670, 3), 1.4)
     faster_traced = _run((20, 19.5, 20.5, 3), 0.63)
     clean = _run((20, 19.5, 20.5, 3), 1.3)

@@ -61,7 +61,7 @@ def test_the_venv_imports_the_wheel_not_a_checkout(venv):
     the venv's own site-packages, searched first, must win, and the samples must be the shipped ones."""
     directory, elsewhere, env = venv
     out = run([str(directory / "bin" / "python"), "-c",
-               "import tracer, tracer.assets as a; print(tracer.__file__); print(a.SAMPLES_DIR)"], elsewhere, env)
+               "import tracer, tracer.load.assets as a; print(tracer.__file__); print(a.SAMPLES_DIR)"], elsewhere, env)
     package, samples = out.split()
     assert package.startswith(str(directory)) and samples.startswith(str(directory)), out
     assert samples.endswith(os.path.join("tracer", "_samples"))

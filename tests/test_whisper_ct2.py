@@ -17,7 +17,7 @@ import soundfile
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from tracer.whisper_ct2 import convert, read_ct2_model
+from tracer.load.whisper_ct2 import convert, read_ct2_model
 
 # What samples/make_sample_wav.sh feeds espeak-ng.
 TRUE_TEXT = "The tracer runs a real audio clip through the encoder and the language model."
@@ -49,7 +49,7 @@ def ct2_variables():
 @pytest.fixture(scope="module")
 def hf_dir():
     """Converted once a session, as `--model whisper-tiny.en` does, into the session's cache."""
-    from tracer.named import WHISPER, model_dir
+    from tracer.load.named import WHISPER, model_dir
     return str(model_dir(WHISPER))
 
 

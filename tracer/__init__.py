@@ -8,16 +8,19 @@ __all__ = ["Tracer", "TracerCallback", "static_report", "trace_clip", "TraceOpti
 
 def __getattr__(name):
     if name == "Tracer":
-        from .api import Tracer
+        from .api.tracer import Tracer
         return Tracer
     if name == "static_report":
-        from .discovery import static_report
+        from .static.discovery import static_report
         return static_report
-    if name in ("trace_clip", "TraceOptions", "TraceReport"):
-        from . import pipeline
+    if name in ("trace_clip", "TraceReport"):
+        from .run import pipeline
         return getattr(pipeline, name)
+    if name == "TraceOptions":
+        from .run.options import TraceOptions
+        return TraceOptions
     if name == "TracerCallback":
-        from .callback import TracerCallback
+        from .api.callback import TracerCallback
         return TracerCallback
     if name == "TracerError":
         from .errors import TracerError

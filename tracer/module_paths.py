@@ -1,7 +1,7 @@
 """Path helpers shared by the report and the diagnosis: collapse repeated layers into ranges."""
 from __future__ import annotations
 
-from .vocab import strip_peft_prefix
+from .records.vocab import strip_peft_prefix
 
 
 def is_under(path: str, root: str | None) -> bool:

@@ -1,6 +1,6 @@
 """Writes granite_logmel_torchaudio.json beside this file: transformers' GraniteSpeechFeatureExtractor (which
 computes through torchaudio) on the shipped clip, whole and cut, as fingerprints that
-tests/test_granite_mel.py holds tracer.granite_mel.GraniteLogMel (torch alone) to.
+tests/test_granite_mel.py holds tracer.load.granite_mel.GraniteLogMel (torch alone) to.
 
 Run it once where torchaudio installs, from the repository root, in a venv of its own (torchaudio must match
 its torch build; on x86_64 PyPI's torch 2.9.1 pairs with torchaudio 2.9, about 7 GB with its CUDA libraries,

@@ -1,0 +1,1 @@
+"""What library users import: ``Tracer`` and ``TracerCallback``."""

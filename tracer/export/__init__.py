@@ -1,0 +1,1 @@
+"""Files for other tools: the Chrome/Perfetto trace and the PNG plot."""

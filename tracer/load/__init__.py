@@ -1,0 +1,1 @@
+"""What comes in: the model and its processor, the named checkpoints, the clip. Nothing here runs a forward."""

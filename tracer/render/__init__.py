@@ -1,0 +1,1 @@
+"""The report as text sections: the static report, the runs, the diagnosis."""

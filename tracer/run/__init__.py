@@ -1,0 +1,1 @@
+"""The whole job: options, both strategies on one clip, many-rank wrapping, ``trace_clip``."""
