@@ -8,6 +8,8 @@ import re
 import sys
 
 from .module_paths import is_under
+from .quantization import by_component as quantization_by_component
+from .quantization import values
 from .records import (
     AudioEncoderInfo,
     LanguageModelInfo,
@@ -73,6 +75,7 @@ def static_report(model) -> StaticReport:
         target_gaps=_target_gaps(candidates),
         strategy=_strategy(encoder, lm, candidates, codec, modules),
         audio_codec=codec,
+        quantization=quantization_by_component(model, component_of, COMPONENTS),
     )
 
 
@@ -213,7 +216,8 @@ def _assign_components(modules: dict, model, encoder, lm) -> dict:
 
 
 def _count_parameters(model, component_of: dict):
-    """Totals, per-component counts and shared (tied) parameters, each tensor counted once."""
+    """Totals, per-component counts and shared (tied) parameters, each tensor counted once, in values: a 4-bit
+    weight's packed storage holds two a byte (quantization.values)."""
     components = dict.fromkeys(COMPONENTS, 0)
     first_owner = {}
     shared = []
@@ -225,9 +229,10 @@ def _count_parameters(model, component_of: dict):
             continue
         first_owner[key] = path
         module_path = path.rsplit(".", 1)[0] if "." in path else ""
-        components[component_of.get(module_path, "other")] += param.numel()
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+        count = values(param)
+        components[component_of.get(module_path, "other")] += count
+        total += count
+        trainable += count if param.requires_grad else 0
     return total, trainable, components, shared
 
 
@@ -309,7 +314,7 @@ def _strategy(encoder, lm, candidates: dict, codec: str | None = None, modules: 
 
 def _top_level(model) -> list:
     import torch.nn as nn
-    rows = [TopLevelAttribute(name, type(child).__name__, True, sum(p.numel() for p in child.parameters()))
+    rows = [TopLevelAttribute(name, type(child).__name__, True, sum(map(values, child.parameters())))
             for name, child in model.named_children()]
     for name, value in sorted(vars(model).items()):
         if name.startswith("_") or isinstance(value, nn.Module):
@@ -345,6 +350,6 @@ def _tree(model) -> list:
     """Every module with its parameter count (shared tensors counted once per subtree)."""
     rows = []
     for path, module in model.named_modules():
-        params = sum(p.numel() for p in module.parameters())
+        params = sum(map(values, module.parameters()))
         rows.append(TreeRow(path=path, cls=type(module).__name__, params=params, depth=_depth(path)))
     return rows

@@ -15,6 +15,7 @@ from .errors import StrategyFailed, first_line
 from .api import Tracer
 from .inputs import encoder_hidden
 from .peak_memory import PeakMemory
+from .quantization import values
 from .module_paths import new_roots
 from .options import RunOptions  # noqa: F401 - re-exported: run_strategy(…, RunOptions(…))
 from .records import Comparison, RunRecord, StageRecord, Timing
@@ -237,7 +238,7 @@ def _locate_failure(step, model, report) -> str | None:
 def stage_rollup(modules, report: StaticReport, model) -> dict:
     """Per component: own forward and backward time (stages.stage_times, the rule the ranks' view uses
     too), bytes saved for backward, the component roots' output bytes, params executed."""
-    own_params = {path: sum(p.numel() for p in m.parameters(recurse=False)) for path, m in model.named_modules()}
+    own_params = {path: sum(map(values, m.parameters(recurse=False))) for path, m in model.named_modules()}
     stages = {c: {"forward_ms": 0.0, "backward_ms": None, "saved_bytes": 0, "output_bytes": 0, "params": 0,
                   "modules_executed": 0} for c in COMPONENTS}
     component = report.component_of
