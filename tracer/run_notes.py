@@ -101,8 +101,9 @@ def _kbit_notes(model) -> list[str]:
     if upcast is not None:
         dtype, nbytes = upcast
         notes.append(f"the base is not quantized, yet its frozen weights are float32 ({nbytes / 2**20:.1f} MiB) "
-                     f"while its config says {dtype}: prepare_model_for_kbit_training upcasts every half-precision "
-                     "weight of a base that is not 4-/8-bit (peft PR#760), doubling their memory, and switches "
-                     "on no gradient checkpointing there; on a full-precision base leave it out (get_peft_model "
-                     "freezes the base itself), or load the base in 4-/8-bit if QLoRA was meant")
+                     f"while its config says {dtype}, an upcast after loading: prepare_model_for_kbit_training "
+                     "upcasts every half-precision weight of a base that is not 4-/8-bit (peft PR#760), doubling "
+                     "their memory, and switches on no gradient checkpointing there; on a full-precision base "
+                     "leave it out (get_peft_model freezes the base itself), or load the base in 4-/8-bit if QLoRA "
+                     "was meant")
     return notes
