@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 from .collected import (
-    _BW_END, _BW_START, _END, _GRAD, _IDX, _MEM_AFTER, _MEM_BEFORE, _NORMS, _OUT_BYTES, _OUT_RG, _OUTPUTS,
-    _PEAK, _RECOMPUTE, _SAVED, _START, Collected,
+    _BW_END, _BW_START, _END, _GRAD, _IDX, _MEM_AFTER, _MEM_BEFORE, _NORMS, _OUT_BYTES, _OUT_RG, _OUTPUTS, _PEAK,
+    _RECOMPUTE, _SAVED, _START, Collected,
 )
 from .pass_facts import autograd_off_how, compiled_model, step_fault
 

@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .sharding import is_sharded
+from ..load.quantization import state_bytes
 
 KINDS = ("activations", "gradients", "temporaries")
 
@@ -55,7 +56,8 @@ class TensorMemory(TorchDispatchMode):
             storage = local(p).untyped_storage()
             if p.device == self.device and storage._cdata not in seen:
                 seen.add(storage._cdata)
-                self.parameters += storage.nbytes()
+                # a 4-/8-bit weight's absmax or row scales are the weights' bytes too (no parameters themselves)
+                self.parameters += storage.nbytes() + state_bytes(p)
         self._handles = [p.register_post_accumulate_grad_hook(self._grad_arrived) for p in params if p.requires_grad]
         self._saved = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
         self._saved.__enter__()

@@ -6,6 +6,7 @@ Reads what the traced pass saw (executed? grad mode? gradient at the output?) an
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..collect.collected import AutogradOff
 from ..collect.sharding import grad_norms, tensor_facts
@@ -14,6 +15,7 @@ from ..module_paths import collapse_paths
 from ..records.run import LoraLayerRecord
 from ..records.vocab import strip_peft_prefix
 from ..records.vocab import LORA_STATUSES
+from ..load.quantization import is_quantized
 
 STATUSES = LORA_STATUSES
 
@@ -31,6 +33,7 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
     for call in calls:
         grad_any[call.path] = grad_any.get(call.path, False) or call.grad_enabled
     ran = {component_of.get(m.path, "other") for m in modules if m.executed}
+    kbit = _kbit_facts(model)
     layers = []
     for path, layer in lora_layers(model):
         for adapter, a, b in lora_params(layer):
@@ -53,7 +56,7 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
             status, cause, hint = _classify(layer, adapter, rec, branch, grad_any.get(path),
                                             a, b, norms, b_zero, finite,
                                             (autograd_off or {}).get(path) or AutogradOff(path, None, "no_grad"),
-                                            component)
+                                            component, kbit)
         if step is not None or labels_masked:
             status, cause, hint = _after_gradients(status, cause, hint, step, steps is not None, labels_masked)
         extra = {} if step is None else dict(
@@ -119,7 +122,30 @@ def _not_executed(path: str, component: str, weight_saved: bool, ran: set):
             "target only modules the strategy runs (see the suggested target_modules)")
 
 
-def _frozen(adapter: str):
+@dataclass(frozen=True)
+class _KbitFacts:
+    """What tells prepare_model_for_kbit_training's doing apart (CAUSES.md row 7)."""
+    quantized: bool  # a 4-/8-bit bitsandbytes base
+    any_trainable: bool  # anything at all left with requires_grad
+    inference_mode: frozenset  # adapters peft loaded frozen (PeftModel.from_pretrained without is_trainable)
+
+
+def _kbit_facts(model) -> _KbitFacts:
+    configs = getattr(model, "peft_config", None)
+    return _KbitFacts(is_quantized(model), any(p.requires_grad for p in model.parameters()),
+                      frozenset(name for name, c in (configs if isinstance(configs, dict) else {}).items()
+                                if getattr(c, "inference_mode", False)))
+
+
+def _frozen(adapter: str, kbit: _KbitFacts | None = None):
+    if kbit is not None and kbit.quantized and not kbit.any_trainable and adapter not in kbit.inference_mode:
+        # prepare_model_for_kbit_training sets requires_grad=False on every parameter it finds: run after
+        # get_peft_model it finds the adapters too; a freezing loop would usually spare something
+        return ("frozen", f"every parameter is frozen, adapter '{adapter}' included, on a 4-/8-bit base: what "
+                          "prepare_model_for_kbit_training does when it runs after get_peft_model (it sets "
+                          "requires_grad=False on every parameter it finds; trl PR#4081)",
+                "call prepare_model_for_kbit_training(base) first, then get_peft_model(base, config); or after it "
+                "set requires_grad_(True) on the parameters whose names contain 'lora_'")
     return ("frozen", f"lora_A/lora_B of adapter '{adapter}' have requires_grad=False: something froze them after "
                       "get_peft_model (a freezing loop, PeftModel.from_pretrained without is_trainable=True, "
                       "prepare_model_for_kbit_training applied after the adapter)",
@@ -128,7 +154,7 @@ def _frozen(adapter: str):
             "before get_peft_model")
 
 
-def _no_grad(off: AutogradOff, component: str):
+def _no_grad(off: AutogradOff, component: str, quantized: bool = False):
     """no_grad_mode, with where autograd was switched off (collect.collected.AutogradOff) and how."""
     boundary, caller = _shown(off.boundary), _shown(off.caller)
     if off.how.startswith("function:"):
@@ -138,10 +164,15 @@ def _no_grad(off: AutogradOff, component: str):
                  "output.requires_grad_(True))" if component != "language_model"
                  else "model.enable_input_require_grads() before training")
         where = f"{caller}'s forward" if off.caller is not None else "the caller's code"
+        # a 4-/8-bit base: get_peft_model adds no input-grad hook there (it leaves that to
+        # prepare_model_for_kbit_training, whose own checkpointing is reentrant)
+        kbit = ("; on this 4-/8-bit base: prepare_model_for_kbit_training(base, gradient_checkpointing_kwargs="
+                "{'use_reentrant': False}) before get_peft_model (get_peft_model adds no input-grad hook to a "
+                "quantized base)") if quantized else ""
         return ("no_grad_mode", f"a reentrant checkpoint ({function}) in {where} ran {boundary} with inputs that "
                                 "need no grad: the block runs under no_grad and is never replayed (peft#1142)",
                 f"non-reentrant checkpointing (gradient_checkpointing_kwargs={{'use_reentrant': False}}, or "
-                f"use_reentrant=False in your own torch.utils.checkpoint call), or {reach}")
+                f"use_reentrant=False in your own torch.utils.checkpoint call), or {reach}{kbit}")
     how = "torch.inference_mode()" if off.how == "inference_mode" else "torch.no_grad()"
     if off.caller is None:
         return ("no_grad_mode", f"it ran with autograd off: {boundary} was called under {how} by the caller's "
@@ -159,10 +190,10 @@ def _shown(path: str | None) -> str | None:
 
 
 def _classify(layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, finite: bool,
-              off: AutogradOff, component: str):
+              off: AutogradOff, component: str, kbit: _KbitFacts | None = None):
     norm_a, norm_b, norm_m = norms
     if not (a.requires_grad or b.requires_grad):
-        return _frozen(adapter)
+        return _frozen(adapter, kbit)
     if adapter in layer.lora_A and (branch is None or not branch.executed):  # an Embedding's has no module
         if getattr(layer, "merged", False):
             return ("disabled", "the adapter is merged into the base weights, so the LoRA branch did not run",
@@ -174,7 +205,7 @@ def _classify(layer, adapter, rec, branch, grad_any, a, b, norms, b_zero: bool, 
                             "(disable_adapter() context or disable_adapters=True)",
                 "run the training step outside disable_adapter()")
     if not grad_any:
-        return _no_grad(off, component)
+        return _no_grad(off, component, bool(kbit and kbit.quantized))
     present = [n for n in (norm_a, norm_b, norm_m) if n is not None]
     if any(not math.isfinite(n) for n in present) or not finite:
         return ("nonfinite", "NaN or Inf in its gradients",

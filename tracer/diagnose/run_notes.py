@@ -1,11 +1,12 @@
 """One-line notes on a traced pass that no single LoRA layer's status carries: a compiled model traced
 eagerly, samples whose labels are all -100, trainable weights in half precision, a component that ran with
-nothing in it to train. ``Tracer.result()["notes"]``; printed under the LoRA diagnosis."""
+nothing in it to train, what prepare_model_for_kbit_training left on a model (CAUSES.md row 7). ``Tracer.result()["notes"]``; printed under the LoRA diagnosis."""
 from __future__ import annotations
 
 import torch
 
 from ..records.vocab import strip_peft_prefix
+from ..load.quantization import checkpointing, is_quantized, upcast_base
 
 _MAX_SAMPLE_NOTES = 5  # one note per fully masked sample, up to this many
 _ADAPTABLE = ("audio_encoder", "projector", "language_model")  # components users expect a fine-tune to adapt
@@ -21,6 +22,7 @@ def run_notes(collected, facts, model=None, component_of: dict | None = None) ->
     notes += _masked_sample_notes(facts.labels)
     if model is not None:
         notes += _half_precision_notes(model)
+        notes += _kbit_notes(model)
         if facts.lora and component_of is not None:
             notes += _untrained_component_notes(model, facts, component_of)
     return notes
@@ -81,4 +83,27 @@ def _untrained_component_notes(model, facts, component_of: dict) -> list[str]:
                      f"{strip_peft_prefix(roots[component])} keeps them to it)") if names else ""
             notes.append(f"{component} ran but has no LoRA layer and no trainable parameter: it will not adapt "
                          f"(ms-swift#1747){cover}")
+    return notes
+
+
+def _kbit_notes(model) -> list[str]:
+    """prepare_model_for_kbit_training's marks: on a 4-/8-bit base the reentrant checkpointing it switches on; on
+    a full-precision one, its float32 upcast of the frozen weights (trl PR#4081, peft PR#760)."""
+    notes = []
+    if is_quantized(model) and checkpointing(model) == "reentrant":
+        notes.append("gradient checkpointing is on and reentrant on this 4-/8-bit base (what "
+                     "prepare_model_for_kbit_training switches on by default: it passes no use_reentrant): the "
+                     "backward reruns each checkpointed block, and a block whose inputs need no grad runs under "
+                     "no_grad (its LoRA layers: no_grad_mode); prepare_model_for_kbit_training(model, "
+                     "gradient_checkpointing_kwargs={'use_reentrant': False}) takes the no_grad risk away, "
+                     "use_gradient_checkpointing=False the recompute too (for more memory)")
+    upcast = upcast_base(model)
+    if upcast is not None:
+        dtype, nbytes = upcast
+        notes.append(f"the base is not quantized, yet its frozen weights are float32 ({nbytes / 2**20:.1f} MiB) "
+                     f"while its config says {dtype}, an upcast after loading: prepare_model_for_kbit_training "
+                     "upcasts every half-precision weight of a base that is not 4-/8-bit (peft PR#760), doubling "
+                     "their memory, and switches on no gradient checkpointing there; on a full-precision base "
+                     "leave it out (get_peft_model freezes the base itself), or load the base in 4-/8-bit if QLoRA "
+                     "was meant")
     return notes

@@ -149,6 +149,7 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
                           "so pass --allow-pickle if you trust this checkpoint")
     if not has_safetensors and not has_pickle:
         raise TracerError(f"--model {name}: no weights (*.safetensors) in {directory}")
+    _check_quantization_package(config, name)
     model_cls = _model_class(config, trust_remote_code)
     try:
         with _quiet_transformers():  # its multi-line load report would break the one-line error contract
@@ -172,6 +173,21 @@ def _load_pretrained(directory: Path, name: str, source: str, device, dtype,
         # is the clip section's to say, not a reason to stop
         processor, processor_error = None, str(e)
     return LoadedModel(model, processor, name, source, False, directory, processor_error)
+
+
+def _check_quantization_package(config, name: str) -> None:
+    """A checkpoint saved in 4-bit or 8-bit by bitsandbytes (config.json's quantization_config) loads only with
+    bitsandbytes installed: say so in one line, before transformers' longer error."""
+    import importlib.util
+    quant = getattr(config, "quantization_config", None)
+    quant = quant if isinstance(quant, dict) else quant.to_dict() if quant is not None else {}
+    if str(quant.get("quant_method", "")).rsplit(".", 1)[-1].lower() not in ("bitsandbytes", "bits_and_bytes"):
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        bits = "4-bit" if quant.get("load_in_4bit") else "8-bit" if quant.get("load_in_8bit") else "quantized"
+        raise TracerError(f"--model {name}: its weights are bitsandbytes {bits} (quantization_config in "
+                          "config.json), which needs bitsandbytes, not installed: pip install bitsandbytes "
+                          "(or pip install -e '.[qlora]')")
 
 
 def input_device(model, default):

@@ -82,6 +82,7 @@ class StaticReport:
     target_gaps: list
     strategy: Strategy
     audio_codec: str | None = None  # with no audio encoder: a codec that turns audio into tokens (Kyutai's Mimi)
+    quantization: dict = field(default_factory=dict)  # component -> load.quantization.ComponentQuantization
 
     def to_dict(self) -> dict:
         """The JSON contract's "static" object (schema_version 1)."""

@@ -6,6 +6,7 @@ from tabulate import tabulate
 
 from ..static.discovery import StaticReport
 from ..records.clip import ClipRecord
+from .runs import fmt_bytes
 from .sections import Section
 from ..records.vocab import COMPONENTS
 
@@ -28,6 +29,9 @@ class _Steps:
     def add(self, text: str) -> None:
         self.steps[-1][2].append(text)
 
+    def lines_of(self, texts: list) -> None:
+        self.steps[-1][2].extend(texts)
+
     def sections(self) -> list:
         return [Section(tag, title, "\n".join(lines)) for tag, title, lines in self.steps]
 
@@ -37,8 +41,8 @@ def render_static(report: StaticReport, depth: int = 4) -> list:
     steps = _Steps()
     steps.start(1, "Model class and module")
     steps.add(tabulate([["class", report.model_class], ["module", report.model_module],
-                         ["parameters", f"{_n(report.params_total)} total, {_n(report.params_trainable)} trainable"]],
-                        tablefmt="plain"))
+                         ["parameters", f"{_n(report.params_total)} total, {_n(report.params_trainable)} trainable"]]
+                        + _quantized_row(report.quantization), tablefmt="plain"))
 
     steps.start(2, "Top-level attributes")
     rows = [[a.name, "module" if a.is_module else "config", a.cls, _n(a.params) if a.is_module else ""]
@@ -73,6 +77,7 @@ def render_static(report: StaticReport, depth: int = 4) -> list:
     steps.start(6, f"Module tree (depth ≤ {depth}; repeated layers collapsed)")
     steps.add(render_tree(report.tree, depth))
     steps.add("  by component: " + ", ".join(f"{c} {_n(report.components[c])}" for c in COMPONENTS))
+    steps.lines_of(_weights_lines(report.quantization))
     for path, shares_with in report.shared_parameters:
         steps.add(f"  shared: {path} is {shares_with} (counted once)")
 
@@ -91,6 +96,28 @@ def render_static(report: StaticReport, depth: int = 4) -> list:
     steps.add(f"  encoding hidden size: {_n(s.hidden_size)}")
     steps.add(f"  LoRA target names in what it runs: {', '.join(s.lora_targets) or 'none'}")
     return steps.sections()
+
+
+def _quantized_row(quantization: dict) -> list:
+    """Step 1's row on a quantized base (none otherwise, so a full-precision report reads as before)."""
+    parts = [f"{c} {'/'.join(q.formats)}" for c, q in quantization.items() if q.quantized]
+    if not parts:
+        return []
+    compute = sorted({q.compute_dtype or "the input's dtype" for q in quantization.values() if q.quantized})
+    return [["quantized", f"bitsandbytes: {', '.join(parts)}; compute {', '.join(compute)}"]]
+
+
+def _weights_lines(quantization: dict) -> list:
+    """Step 6's per-component weights on a quantized base: format, layers, compute dtype, real bytes."""
+    if not any(q.quantized for q in quantization.values()):
+        return []
+    rows = [[f"    {component}", fmt_bytes(q.weight_bytes),
+             f"{'/'.join(q.formats)}, {q.quantized_layers} quantized layer{'s' * (q.quantized_layers != 1)} "
+             f"({_n(q.quantized_values)} values), compute {q.compute_dtype or 'the input dtype'}"
+             if q.quantized else "not quantized"] for component, q in quantization.items() if q.weight_bytes]
+    width = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return ["  weights in memory (quant states included):"] + [
+        f"{a.ljust(width[0])}  {b.rjust(width[1])}  {c}" for a, b, c in rows]
 
 
 def _render_config(config: dict) -> str:

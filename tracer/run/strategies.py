@@ -16,6 +16,7 @@ from ..api.tracer import Tracer
 from ..inputs.common import encoder_hidden
 from ..collect.peak_memory import PeakMemory
 from ..module_paths import new_roots
+from ..load.quantization import values
 from .options import RunOptions  # noqa: F401 - re-exported: run_strategy(…, RunOptions(…))
 from ..records.run import Comparison, RunRecord, StageRecord, Timing
 from ..diagnose.judge import judged
@@ -239,7 +240,7 @@ def _locate_failure(step, model, report) -> str | None:
 def stage_rollup(modules, report: StaticReport, model) -> dict:
     """Per component: own forward and backward time (stages.stage_times, the rule the ranks' view uses
     too), bytes saved for backward, the component roots' output bytes, params executed."""
-    own_params = {path: sum(p.numel() for p in m.parameters(recurse=False)) for path, m in model.named_modules()}
+    own_params = {path: sum(map(values, m.parameters(recurse=False))) for path, m in model.named_modules()}
     stages = {c: {"forward_ms": 0.0, "backward_ms": None, "saved_bytes": 0, "output_bytes": 0, "params": 0,
                   "modules_executed": 0} for c in COMPONENTS}
     component = report.component_of

@@ -10,6 +10,8 @@ import sys
 from ..module_paths import is_under
 from ..records.static import AudioEncoderInfo, LanguageModelInfo, StaticReport, Strategy, TargetGap, TopLevelAttribute, TreeRow
 from ..records.vocab import COMPONENTS, LAYER_LIST_NAMES  # noqa: F401 - COMPONENTS re-exported for old imports
+from ..load.quantization import by_component as quantization_by_component
+from ..load.quantization import values
 
 AUDIO_ENCODER_NAMES = ("audio_tower", "audio_encoder", "audio_model", "speech_encoder", "whisper_encoder",
                        "audio_embed", "audio_embeds")
@@ -65,6 +67,7 @@ def static_report(model) -> StaticReport:
         target_gaps=_target_gaps(candidates),
         strategy=_strategy(encoder, lm, candidates, codec, modules),
         audio_codec=codec,
+        quantization=quantization_by_component(model, component_of, COMPONENTS),
     )
 
 
@@ -205,7 +208,8 @@ def _assign_components(modules: dict, model, encoder, lm) -> dict:
 
 
 def _count_parameters(model, component_of: dict):
-    """Totals, per-component counts and shared (tied) parameters, each tensor counted once."""
+    """Totals, per-component counts and shared (tied) parameters, each tensor counted once, in values: a 4-bit
+    weight's packed storage holds two a byte (quantization.values)."""
     components = dict.fromkeys(COMPONENTS, 0)
     first_owner = {}
     shared = []
@@ -217,9 +221,10 @@ def _count_parameters(model, component_of: dict):
             continue
         first_owner[key] = path
         module_path = path.rsplit(".", 1)[0] if "." in path else ""
-        components[component_of.get(module_path, "other")] += param.numel()
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+        count = values(param)
+        components[component_of.get(module_path, "other")] += count
+        total += count
+        trainable += count if param.requires_grad else 0
     return total, trainable, components, shared
 
 
@@ -301,7 +306,7 @@ def _strategy(encoder, lm, candidates: dict, codec: str | None = None, modules: 
 
 def _top_level(model) -> list:
     import torch.nn as nn
-    rows = [TopLevelAttribute(name, type(child).__name__, True, sum(p.numel() for p in child.parameters()))
+    rows = [TopLevelAttribute(name, type(child).__name__, True, sum(map(values, child.parameters())))
             for name, child in model.named_children()]
     for name, value in sorted(vars(model).items()):
         if name.startswith("_") or isinstance(value, nn.Module):
@@ -337,6 +342,6 @@ def _tree(model) -> list:
     """Every module with its parameter count (shared tensors counted once per subtree)."""
     rows = []
     for path, module in model.named_modules():
-        params = sum(p.numel() for p in module.parameters())
+        params = sum(map(values, module.parameters()))
         rows.append(TreeRow(path=path, cls=type(module).__name__, params=params, depth=_depth(path)))
     return rows
