@@ -7,7 +7,8 @@ from tracer.records.vocab import COMPONENTS, RUN_OK, STRATEGIES, Component, Lora
 
 
 def test_a_word_is_its_string_in_text_json_and_dicts():
-    assert f"{RUN_OK}" == "ok" and str(LoraStatus.ZERO_INIT) == "zero_init" and "%s" % Strategy.FULL_FORWARD == "full_forward"
+    assert f"{RUN_OK}" == "ok" and str(LoraStatus.ZERO_INIT) == "zero_init"
+    assert "%s" % Strategy.FULL_FORWARD == "full_forward"
     assert f"{Component.HEAD:>6}|" == "  head|"  # a format spec applies to the word
     assert json.dumps({Component.AUDIO_ENCODER: [RunStatus.FAILED]}) == '{"audio_encoder": ["failed"]}'
     assert RunStatus.OK == "ok" and hash(RunStatus.OK) == hash("ok") and {"ok": 1}[RUN_OK] == 1
@@ -54,7 +55,8 @@ def test_a_layer_key_is_the_path_bar_adapter_string_in_json_and_back():
 def test_diagnosis_records_give_the_dicts_they_were():
     from tracer.diagnose.lora_status import dead_groups, trajectory_flags
     from tracer.records.diagnosis import DeadGroup, LayerKey, SavedModule
-    layers = [_layer(f"lm.layers.{i}.q_proj", "not_executed") for i in range(2)] + [_layer("enc.fc1", "ok", "audio_encoder")]
+    layers = [_layer(f"lm.layers.{i}.q_proj", "not_executed") for i in range(2)]
+    layers.append(_layer("enc.fc1", "ok", "audio_encoder"))
     [group] = dead_groups(layers, "audio_tower")
     assert isinstance(group, DeadGroup)
     assert list(group.to_dict().items()) == [("pattern", "lm.layers.0-1.q_proj"), ("status", "not_executed"),

@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "diagnosis is the last step's, with per-layer trajectories (default 1; 0: no step, "
                           "a fresh adapter then shows zero_init)")
     run.add_argument("--lr", type=float, default=1e-3, help="learning rate of those steps (default 1e-3)")
-    run.add_argument("--loss", default="pooled_l2", choices=tuple(map(str, LOSSES)),  # plain words: argparse shows repr() when one is refused
-                    
+    # NB: choices as plain str: argparse shows their repr() when a value is refused
+    run.add_argument("--loss", default="pooled_l2", choices=tuple(map(str, LOSSES)),
                      help="audio_tower surrogate loss on the encoder output pooled over the clip's frames: "
                           "squared L2 norm of the mean (default) or the plain mean")
     lora = p.add_argument_group("LoRA (attached with peft before the runs)")

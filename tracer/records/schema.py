@@ -45,7 +45,8 @@ def run_from_dict(d: dict) -> RunRecord:
         **values, latency_ms=Timing(**d["latency_ms"]), backward_ms=Timing(**d["backward_ms"]),
         stages={c: StageRecord(**s) for c, s in d["stages"].items()},
         modules=tuple(module_from_dict(m) for m in d["modules"]), never_called=tuple(d["never_called"]),
-        lora=tuple(LoraLayerRecord(**{**r, "status": LoraStatus(r["status"])}) for r in d["lora"]) if d.get("lora") is not None else None,
+        lora=tuple(LoraLayerRecord(**{**r, "status": LoraStatus(r["status"])}) for r in d["lora"])
+        if d.get("lora") is not None else None,
         lora_trajectory={LayerKey.parse(k): v for k, v in d["lora_trajectory"].items()}
         if d.get("lora_trajectory") is not None else None,
         saved_modules=tuple(SavedModule(**{**m, "status": SavedStatus(m["status"])}) for m in d["saved_modules"])
