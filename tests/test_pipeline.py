@@ -137,3 +137,50 @@ def test_a_file_that_is_no_audio_fails_before_the_model_loads(tmp_path):
     with pytest.raises(TracerError, match="notes.wav: not a readable audio file"):
         trace_clip(str(tmp_path / "notes.wav"), observer=lambda event, *_: events.append(event))
     assert events == []  # not even the static report: the model was never loaded
+
+
+def test_an_observer_subclass_hears_each_event_in_order(root):
+    from tracer import Observer
+
+    class Heard(Observer):
+        def __init__(self):
+            self.events = []
+
+        def on_note(self, report, text):
+            self.events.append(("note", text[:8]))
+
+        def on_static(self, report):
+            self.events.append(("static", report.static.model_class))
+
+        def on_clip(self, report):
+            self.events.append(("clip", report.clip is not None))
+
+        def on_lora(self, report):
+            self.events.append(("lora", report.lora_setup.layers))
+
+        def on_run(self, report, strategy):
+            self.events.append(("run", strategy, report.runs[strategy].status))
+
+        def on_done(self, report):
+            self.events.append(("done", list(report.runs)))
+
+    heard = Heard()
+    trace_clip(f"{root}/samples/sample.wav", options=TraceOptions(repeats=1, warmup=0, steps=0), observer=heard)
+    assert heard.events == [("note", "built-in"), ("static", "Qwen2AudioForConditionalGeneration"), ("clip", True),
+                            ("lora", 18), ("run", "audio_tower", "ok"), ("run", "full_forward", "ok"),
+                            ("done", ["audio_tower", "full_forward"])]
+
+
+def test_observers_of_every_form():
+    from tracer.run.observer import Observer, _Calls, as_observer
+    calls = []
+    adapted = as_observer(lambda *a: calls.append(a))
+    assert isinstance(adapted, _Calls)
+    adapted.on_progress("building")
+    adapted.on_run("R", "audio_tower")
+    assert calls == [("progress", None, "building"), ("run", "R", "audio_tower")]
+    # the seven methods without the base class
+    quiet = type("Quiet", (), {m: (lambda self, *a: None) for m in dir(Observer) if m.startswith("on_")})()
+    assert as_observer(quiet) is quiet and type(as_observer(None)) is Observer
+    with pytest.raises(TypeError, match="an Observer or a callable"):
+        as_observer(42)

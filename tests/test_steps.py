@@ -144,16 +144,17 @@ def test_steps_zero_is_the_fresh_adapter(root):
 
 def test_trajectory_flags():
     from tracer.diagnose.lora_status import trajectory_flags
+    from tracer.records.diagnosis import LayerKey
 
     def point(a, b, ra=0.01, rb=0.01):
         return {"grad_norm_A": a, "grad_norm_B": b, "update_ratio_A": ra, "update_ratio_B": rb}
     trajectory = {
-        "dies|default": [point(1.0, 1.0), point(0.5, 0.0)],
-        "explodes|default": [point(1.0, 1.0), point(1.0, 5000.0)],
-        "nan|default": [point(1.0, float("nan"))],
-        "still|default": [point(1.0, 1.0, 0.0, 0.0), point(1.0, 1.0, 0.0, 0.0)],
-        "fine|default": [point(1.0, 1.0), point(1.2, 0.9)],
-        "unreached|default": [point(None, None, 0.0, 0.0)],
+        LayerKey("dies", "default"): [point(1.0, 1.0), point(0.5, 0.0)],
+        LayerKey("explodes", "default"): [point(1.0, 1.0), point(1.0, 5000.0)],
+        LayerKey("nan", "default"): [point(1.0, float("nan"))],
+        LayerKey("still", "default"): [point(1.0, 1.0, 0.0, 0.0), point(1.0, 1.0, 0.0, 0.0)],
+        LayerKey("fine", "default"): [point(1.0, 1.0), point(1.2, 0.9)],
+        LayerKey("unreached", "default"): [point(None, None, 0.0, 0.0)],
     }
     flags = {(f["path"], f["flag"], f["side"]) for f in trajectory_flags(trajectory)}
     assert flags == {("dies", "dies", "B"), ("explodes", "explodes", "B"), ("nan", "explodes", "B"),

@@ -3,7 +3,8 @@
 Heavy imports (torch, transformers, peft) are deferred so ``bin/trace --help`` stays fast.
 """
 __version__ = "0.1.0"
-__all__ = ["Tracer", "TracerCallback", "static_report", "trace_clip", "TraceOptions", "TraceReport", "TracerError"]
+__all__ = ["Tracer", "TracerCallback", "static_report", "trace_clip", "TraceOptions", "TraceReport", "TracerError",
+           "Observer"]
 
 
 def __getattr__(name):
@@ -19,6 +20,9 @@ def __getattr__(name):
     if name == "TraceOptions":
         from .run.options import TraceOptions
         return TraceOptions
+    if name == "Observer":
+        from .run.observer import Observer
+        return Observer
     if name == "TracerCallback":
         from .api.callback import TracerCallback
         return TracerCallback

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..records.vocab import LoraStatus
 from .tracer import Tracer
 
 logger = logging.getLogger("tracer.callback")  # the name users filter on, kept across moves
@@ -110,7 +111,7 @@ def step_section(step: int, run: dict):
     lines += [f"  ! {n}" for n in notes]
     counts = ", ".join(f"{component}: " + ", ".join(f"{n} {status}" for status, n in per.items())
                        for component, per in run["lora_summary"].items())
-    shown = [r for r in lora if r["status"] != "ok"] or lora[:5]
+    shown = [r for r in lora if r["status"] != LoraStatus.OK] or lora[:5]
 
     def fmt(value):
         return "-" if value is None else f"{value:.3g}"

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_STRATEGY_FAILED
+from ..run.observer import Observer
 
 
 class Output:
@@ -39,33 +40,43 @@ def options_from_args(args):
                         parallel="fsdp" if args.fsdp else None)
 
 
-class TextReport:
+class TextReport(Observer):
     """The observer of ``trace_clip``: renders each part of the report as soon as it is ready."""
 
     def __init__(self, out: Output, args):
         self.out, self.args = out, args
 
-    def __call__(self, event: str, report, detail) -> None:
-        from ..render.runs import render_comparison, render_confirmation, render_lora_diagnosis, render_lora_setup, render_run
-        from ..render.static import render_clip, render_static
-        out, args = self.out, self.args
-        if event == "progress":  # long work before the report starts (a named model's first build)
-            print(detail, file=sys.stderr, flush=True)
-        elif event == "note":
-            out.emit(f"note: {detail}")
-        elif event == "static":
-            out.emit(render_static(report.static, depth=args.depth))
-        elif event == "clip" and report.clip_error is not None:
+    def on_progress(self, text: str) -> None:  # long work before the report starts (a named model's first build)
+        print(text, file=sys.stderr, flush=True)
+
+    def on_note(self, report, text: str) -> None:
+        self.out.emit(f"note: {text}")
+
+    def on_static(self, report) -> None:
+        from ..render.static import render_static
+        self.out.emit(render_static(report.static, depth=self.args.depth))
+
+    def on_clip(self, report) -> None:
+        if report.clip_error is not None:
             from ..render.sections import Section
-            out.emit(Section("CLIP", "could not be prepared (the static report above stands)",
-                             f"  ! {report.clip_error}"))
-        elif event == "clip":
-            out.emit(render_clip(report.clip.info, report.inputs))
-        elif event == "lora":
-            out.emit(render_lora_setup(report.lora_setup))
-        elif event == "run":
-            out.emit(render_run(detail, report.runs[detail], top=args.top, verbose=args.verbose))
-        elif event == "done" and report.comparison is not None:
+            self.out.emit(Section("CLIP", "could not be prepared (the static report above stands)",
+                                  f"  ! {report.clip_error}"))
+        else:
+            from ..render.static import render_clip
+            self.out.emit(render_clip(report.clip.info, report.inputs))
+
+    def on_lora(self, report) -> None:
+        from ..render.runs import render_lora_setup
+        self.out.emit(render_lora_setup(report.lora_setup))
+
+    def on_run(self, report, strategy: str) -> None:
+        from ..render.runs import render_run
+        self.out.emit(render_run(strategy, report.runs[strategy], top=self.args.top, verbose=self.args.verbose))
+
+    def on_done(self, report) -> None:
+        from ..render.runs import render_comparison, render_confirmation, render_lora_diagnosis
+        out, args = self.out, self.args
+        if report.comparison is not None:
             if args.strategy == "both":
                 tokens = report.inputs.accounting.audio_tokens if report.inputs.audio_in_lm else None
                 out.emit(render_comparison(report.runs, report.comparison, tokens))

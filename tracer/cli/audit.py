@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..lora.adapter_file import FIXES, NO_EFFECT, NO_MATCH, UNTRAINED, Fault, _key_mapping, match_faults, read_adapter_config, read_weights, untrained_faults
 from ..errors import TracerError, first_line
+from ..run.observer import Observer
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def audit_adapter(adapter_dir: str, model: str | None = None, clip: str | None =
     # NB: static_only loads the base and builds the clip's inputs exactly as the main job does, runs nothing
     try:
         loaded = trace_clip(clip or str(BUILTIN_CLIP), spec, options=TraceOptions(static_only=True, lora=False),
-                            observer=lambda event, report, detail: progress(detail) if event == "progress" else None)
+                            observer=_Progress(progress))
     except TracerError as e:
         if model or not spec:
             raise
@@ -89,6 +90,16 @@ def audit_adapter(adapter_dir: str, model: str | None = None, clip: str | None =
                                            f"(max |Δ| = {change:.3g}): the adapter does nothing here",
                                 FIXES[NO_EFFECT]))
     return AuditResult(adapter_dir, base, tuple(faults), len(lora_layers(wrapped)), change, tuple(notes))
+
+
+class _Progress(Observer):
+    """Only the progress of a first build: the audit has its own report."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def on_progress(self, text: str) -> None:
+        self.progress(text)
 
 
 def render_audit(result: AuditResult) -> str:

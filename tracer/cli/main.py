@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..errors import EXIT_UNEXPECTED, EXIT_USAGE, TracerError
-from ..records.vocab import LOSSES
+from ..records.vocab import LOSSES, STRATEGIES
 
 DESCRIPTION = """\
 Trace an audio-language model on a real clip: a static structure report (8 steps), then
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "'Transcribe the audio.')")
     clip.add_argument("--target", default=None, help="the answer the LM loss of full_forward is computed on")
     run = p.add_argument_group("runs")
-    run.add_argument("--strategy", default="both", choices=("both", "audio_tower", "full_forward"),
+    run.add_argument("--strategy", default="both", choices=("both", *map(str, STRATEGIES)),
                      help="which encoding strategies to run (default both)")
     run.add_argument("--repeats", type=int, default=3, help="timed untraced passes per strategy (default 3)")
     run.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "diagnosis is the last step's, with per-layer trajectories (default 1; 0: no step, "
                           "a fresh adapter then shows zero_init)")
     run.add_argument("--lr", type=float, default=1e-3, help="learning rate of those steps (default 1e-3)")
-    run.add_argument("--loss", default="pooled_l2", choices=LOSSES,
+    # NB: choices as plain str: argparse shows their repr() when a value is refused
+    run.add_argument("--loss", default="pooled_l2", choices=tuple(map(str, LOSSES)),
                      help="audio_tower surrogate loss on the encoder output pooled over the clip's frames: "
                           "squared L2 norm of the mean (default) or the plain mean")
     lora = p.add_argument_group("LoRA (attached with peft before the runs)")

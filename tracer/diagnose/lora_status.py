@@ -12,10 +12,12 @@ from ..collect.collected import AutogradOff
 from ..collect.sharding import grad_norms, tensor_facts
 from ..lora.layers import lora_layers, lora_params  # noqa: F401 - lora_layers re-exported
 from ..module_paths import collapse_paths
+from ..records.diagnosis import DeadGroup, LayerKey, SavedModule, TrajectoryFlag
 from ..records.run import LoraLayerRecord
 from ..records.vocab import strip_peft_prefix
-from ..records.vocab import LORA_STATUSES
 from ..load.quantization import is_quantized
+from ..records.vocab import LORA_STATUSES, LoraStatus, SavedStatus
+from .verdict import LEARNING, by_design
 
 STATUSES = LORA_STATUSES
 
@@ -66,18 +68,18 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
             path=path, adapter=adapter, component=component,
             executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
             grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
-            grad_norm_magnitude=norms[2], lora_B_zero=b_zero, status=status, cause=cause,
+            grad_norm_magnitude=norms[2], lora_B_zero=b_zero, status=LoraStatus(status), cause=cause,
             hint=hint, **extra))
     return out
 
 
 def _after_gradients(status, cause, hint, step, watched: bool, labels_masked: bool):
     """What the loss and the optimizer add once the layer ran and its branch was live."""
-    if labels_masked and status in ("zero_grad", "off_loss_path", "nonfinite"):
+    if labels_masked and status in (LoraStatus.ZERO_GRAD, LoraStatus.OFF_LOSS_PATH, LoraStatus.NONFINITE):
         return ("loss_masked", "every label is -100: the loss has no target token (NaN or 0), so no gradient "
                                "means anything", "check the label masking: truncation may have cut every "
                                                  "answer token, or the template masks the answer too")
-    if not watched or status not in ("ok", "zero_init"):
+    if not watched or status not in LEARNING:
         return status, cause, hint
     if not step.in_optimizer:
         return ("not_in_optimizer", "gradients arrive but the LoRA parameters are in no param group of the "
@@ -234,47 +236,45 @@ def summarize(records: list[LoraLayerRecord]) -> dict:
     return summary
 
 
-def dead_groups(records: list[LoraLayerRecord], strategy: str | None = None) -> list[dict]:
+def dead_groups(records: list[LoraLayerRecord], strategy: str | None = None) -> list[DeadGroup]:
     """Layers without a gradient, grouped: ``…layers.0-31.self_attn.{q,k,v,o}_proj`` (128). ``by_design``:
     the strategy never runs them (the LM under audio_tower), a fact of the strategy, not a fault."""
-    from .verdict import by_design
     by_status: dict = {}
     for r in records:
-        if r.status not in ("ok", "zero_init"):
+        if r.status not in LEARNING:
             by_status.setdefault((r.status, by_design(strategy, r)), []).append(r)
-    return [{"pattern": pattern, "status": status, "count": count, "cause": rs[0].cause, "hint": rs[0].hint,
-             "by_design": design}
+    return [DeadGroup(pattern, status, count, rs[0].cause, rs[0].hint, design)
             for (status, design), rs in by_status.items()
             for pattern, count in collapse_paths(dict.fromkeys(r.path for r in rs))]
 
 
-def dead_groups_of(run, strategy: str | None = None) -> list[dict]:
+def dead_groups_of(run, strategy: str | None = None) -> list[DeadGroup]:
     """dead_groups() of a RunRecord's LoRA layers (``strategy``: its name, to tell by-design ones)."""
     return dead_groups(list(run.lora or ()), strategy)
 
 
-def trajectory_flags(trajectory: dict | None) -> list[dict]:
+def trajectory_flags(trajectory: dict | None) -> list[TrajectoryFlag]:
     """Layers whose course over the steps says something: ``dies`` (a gradient norm falls to 0 after being
     non-zero), ``explodes`` (non-finite, or more than 1000x its first non-zero value), ``never_moves`` (no
-    step changed it). ``trajectory``: RunRecord.lora_trajectory."""
+    step changed it). ``trajectory``: RunRecord.lora_trajectory (LayerKey -> step points)."""
     flags = []
     for key, points in (trajectory or {}).items():
-        path, _, adapter = key.rpartition("|")
+        path, adapter = key.path, key.adapter
         for side in ("A", "B"):
             norms = [p[f"grad_norm_{side}"] for p in points if p[f"grad_norm_{side}"] is not None]
             first = next((n for n in norms if n), None)
             if any(not math.isfinite(n) for n in norms) or (first and max(norms) > 1000 * first):
-                flags.append({"path": path, "adapter": adapter, "flag": "explodes", "side": side})
+                flags.append(TrajectoryFlag(path, adapter, "explodes", side))
             elif first and norms[-1] == 0.0:
-                flags.append({"path": path, "adapter": adapter, "flag": "dies", "side": side})
+                flags.append(TrajectoryFlag(path, adapter, "dies", side))
         ratios = [p[r] for p in points for r in ("update_ratio_A", "update_ratio_B") if p[r] is not None]
         arrived = any(p["grad_norm_A"] is not None or p["grad_norm_B"] is not None for p in points)
         if arrived and not any(ratios):  # (a layer no gradient reached is reported as such already)
-            flags.append({"path": path, "adapter": adapter, "flag": "never_moves", "side": None})
+            flags.append(TrajectoryFlag(path, adapter, "never_moves", None))
     return flags
 
 
-def saved_modules(model, modules: list) -> list[dict]:
+def saved_modules(model, modules: list) -> list[SavedModule]:
     """PEFT's ``modules_to_save``: a trainable copy beside the frozen original, one per adapter. Per copy:
     did it run (and not the original), is it trainable, did a gradient reach it. Statuses: ``ok``,
     ``not_executed``, ``original_ran`` (the frozen original ran instead: adapters disabled or another
@@ -304,15 +304,14 @@ def saved_modules(model, modules: list) -> list[dict]:
                                    "check that the loss depends on its output")
         else:
             status, cause, hint = "ok", "gradients flow", ""
-        out.append({"path": path, "adapter": adapter, "executed": ran, "original_ran": original_ran,
-                    "grad_norm": norm, "status": status, "cause": cause, "hint": hint})
+        out.append(SavedModule(path, adapter, ran, original_ran, norm, SavedStatus(status), cause, hint))
     return out
 
 
 def trajectories_by_component(run) -> dict:
     """A RunRecord's LoRA trajectories grouped by component, leaving out layers no gradient reached (their
     status already says why): component -> [per-layer lists of step points]."""
-    component_of = {f"{r.path}|{r.adapter}": r.component for r in run.lora or ()}
+    component_of = {LayerKey(r.path, r.adapter): r.component for r in run.lora or ()}
     groups: dict = {}
     for key, points in (run.lora_trajectory or {}).items():
         if any(p["grad_norm_A"] is not None or p["grad_norm_B"] is not None for p in points):

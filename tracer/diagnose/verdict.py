@@ -3,8 +3,9 @@ records or their JSON dicts, so the terminal report, the Markdown and the traini
 from __future__ import annotations
 
 from ..module_paths import collapse_paths, short
+from ..records.vocab import Component, LoraStatus, Strategy
 
-LEARNING = ("ok", "zero_init")  # zero_init: a fresh adapter before its first step, expected
+LEARNING = (LoraStatus.OK, LoraStatus.ZERO_INIT)  # zero_init: a fresh adapter before its first step, expected
 
 
 def _get(record, key):
@@ -13,8 +14,8 @@ def _get(record, key):
 
 def by_design(strategy: str | None, record) -> bool:
     """A fact of the strategy, not a fault: audio_tower runs the audio encoder alone, so nothing else runs."""
-    return (strategy == "audio_tower" and _get(record, "status") == "not_executed"
-            and _get(record, "component") != "audio_encoder")
+    return (strategy == Strategy.AUDIO_TOWER and _get(record, "status") == LoraStatus.NOT_EXECUTED
+            and _get(record, "component") != Component.AUDIO_ENCODER)
 
 
 def problem_groups(records, strategy: str | None = None) -> list[dict]:

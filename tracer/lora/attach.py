@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..static.discovery import StaticReport
 from ..errors import TracerError, first_line, read_json_object
+from ..records.diagnosis import BrokenTie
 from ..records.run import LoraSetup
 from ..records.vocab import strip_peft_prefix
 
@@ -136,7 +137,7 @@ def not_targeted(peft_model, component_of: dict) -> list[dict]:
             for component, paths in by_component.items() for pattern, count in collapse_paths(paths)]
 
 
-def broken_ties(peft_model, base_report: StaticReport) -> list[dict]:
+def broken_ties(peft_model, base_report: StaticReport) -> list[BrokenTie]:
     """Tied weights (``lm_head`` = ``embed_tokens``) where PEFT changes one side only: a LoRA layer or a
     ``modules_to_save`` copy on one module leaves its tied partner on the original weight, so the two
     silently stop being the same matrix in training."""
@@ -150,7 +151,7 @@ def broken_ties(peft_model, base_report: StaticReport) -> list[dict]:
         for this, other in ((first, second), (second, first)):
             module = this.rpartition(".")[0]
             if module in changed and other.rpartition(".")[0] not in changed:
-                out.append({"module": module, "change": changed[module], "tied_to": other.rpartition(".")[0]})
+                out.append(BrokenTie(module, changed[module], other.rpartition(".")[0]))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .calls import ModuleRecord, _Fields
+from .vocab import RUN_FAILED, RUN_OK
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class LoraLayerRecord(_Fields):
     grad_norm_B: float | None
     grad_norm_magnitude: float | None  # DoRA
     lora_B_zero: bool
-    status: str  # vocab.LORA_STATUSES
+    status: str  # vocab.LoraStatus
     cause: str
     hint: str
     # with an optimizer (Tracer(optimizer=...)): None otherwise
@@ -66,7 +67,7 @@ class StageRecord(_Fields):
 @dataclass(frozen=True)
 class RunRecord:
     """One strategy's run: "ok" with every figure, or "failed" / "not_applicable" with a reason."""
-    status: str  # vocab.RUN_OK | RUN_FAILED | RUN_NOT_APPLICABLE
+    status: str  # vocab.RunStatus
     reason: str | None = None
     failed_in: str | None = None  # the innermost module a failure passed through
     loss: float | None = None
@@ -90,8 +91,8 @@ class RunRecord:
     clock: str | None = None
     lora: tuple | None = None  # LoraLayerRecord, when the model has LoRA layers
     lora_summary: dict | None = None  # {component: {status: count}}
-    lora_trajectory: dict | None = None  # "path|adapter" -> per step: grad norms A/B, update ratios A/B
-    saved_modules: tuple | None = None  # PEFT modules_to_save copies: {"path", "adapter", "status", …}
+    lora_trajectory: dict | None = None  # LayerKey -> per step: grad norms A/B, update ratios A/B
+    saved_modules: tuple | None = None  # diagnosis.SavedModule: PEFT modules_to_save copies
     notes: tuple = ()  # one-line facts on the traced pass the user must read (diagnose/run_notes.py)
     labels: dict | None = None  # when labels reached the model: {"supervised_tokens", "masked_samples"}
     calls: tuple | None = None  # CallRecord, kept for the Chrome trace only (not in the JSON)
@@ -99,7 +100,7 @@ class RunRecord:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == RUN_OK
 
     @property
     def timing_noisy(self) -> bool:
@@ -117,7 +118,7 @@ class RunRecord:
     def to_dict(self) -> dict:
         if not self.ok:
             d = {"status": self.status, "reason": self.reason}
-            if self.status == "failed":
+            if self.status == RUN_FAILED:
                 d["failed_in"] = self.failed_in
             return d
         d = {"status": self.status, "loss": self.loss, "note": self.note, "loss_kind": self.loss_kind,
@@ -136,9 +137,9 @@ class RunRecord:
             d["lora"] = [r.to_dict() for r in self.lora]
             d["lora_summary"] = self.lora_summary
         if self.lora_trajectory is not None:
-            d["lora_trajectory"] = self.lora_trajectory
+            d["lora_trajectory"] = {str(key): points for key, points in self.lora_trajectory.items()}
         if self.saved_modules:
-            d["saved_modules"] = list(self.saved_modules)
+            d["saved_modules"] = [m.to_dict() for m in self.saved_modules]
         if self.labels is not None:
             d["labels"] = self.labels
         d["notes"] = list(self.notes)
@@ -182,12 +183,17 @@ class LoraDiagnosis:
     """Across the runs: requested names that match nothing, the targets to use, dead layers grouped."""
     requested_gaps: tuple  # {"name", "component", "use_instead"}
     suggested_target_modules: dict  # {"strategy", "list", "regex", "note"}
-    dead_groups: dict  # strategy -> [{"pattern", "status", "count", "cause", "hint"}]
-    trajectory_flags: dict = field(default_factory=dict)  # strategy -> [{"path", "adapter", "flag", "side"}]
+    dead_groups: dict  # strategy -> [diagnosis.DeadGroup]
+    trajectory_flags: dict = field(default_factory=dict)  # strategy -> [diagnosis.TrajectoryFlag]
     not_targeted: tuple = ()  # {"pattern", "count", "component"}: a LoRA layer's kind left without one
-    broken_ties: tuple = ()  # {"module", "change", "tied_to"}: one side of tied weights changed by PEFT
+    broken_ties: tuple = ()  # diagnosis.BrokenTie: one side of tied weights changed by PEFT
 
     def to_dict(self) -> dict:
         return {"requested_gaps": list(self.requested_gaps), "suggested_target_modules": self.suggested_target_modules,
-                "dead_groups": self.dead_groups, "trajectory_flags": self.trajectory_flags,
-                "not_targeted": list(self.not_targeted), "broken_ties": list(self.broken_ties)}
+                "dead_groups": _dicts(self.dead_groups), "trajectory_flags": _dicts(self.trajectory_flags),
+                "not_targeted": list(self.not_targeted), "broken_ties": [t.to_dict() for t in self.broken_ties]}
+
+
+def _dicts(by_strategy: dict) -> dict:
+    """strategy -> records, as JSON."""
+    return {name: [r.to_dict() for r in rows] for name, rows in by_strategy.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ..errors import TracerError, read_json_object
 from .run import LoraLayerRecord, RunRecord, StageRecord, Timing
 from .calls import ModuleRecord, TensorMeta
+from .diagnosis import LayerKey, SavedModule
+from .vocab import RUN_OK, LoraStatus, RunStatus, SavedStatus
 
 SCHEMA_VERSION = 1
 
@@ -33,16 +35,22 @@ def module_from_dict(d: dict) -> ModuleRecord:
 
 
 def run_from_dict(d: dict) -> RunRecord:
-    if d["status"] != "ok":
-        return RunRecord(d["status"], reason=d.get("reason"), failed_in=d.get("failed_in"))
+    if d["status"] != RUN_OK:
+        return RunRecord(RunStatus(d["status"]), reason=d.get("reason"), failed_in=d.get("failed_in"))
     values = {k: v for k, v in d.items() if k not in ("latency_ms", "backward_ms", "stages", "modules", "lora",
-                                                      "never_called", "saved_modules", "notes", "timing_noisy")}
+                                                      "never_called", "saved_modules", "notes", "timing_noisy",
+                                                      "lora_trajectory")}
+    values["status"] = RUN_OK
     return RunRecord(
         **values, latency_ms=Timing(**d["latency_ms"]), backward_ms=Timing(**d["backward_ms"]),
         stages={c: StageRecord(**s) for c, s in d["stages"].items()},
         modules=tuple(module_from_dict(m) for m in d["modules"]), never_called=tuple(d["never_called"]),
-        lora=tuple(LoraLayerRecord(**r) for r in d["lora"]) if d.get("lora") is not None else None,
-        saved_modules=tuple(d["saved_modules"]) if d.get("saved_modules") else None,
+        lora=tuple(LoraLayerRecord(**{**r, "status": LoraStatus(r["status"])}) for r in d["lora"])
+        if d.get("lora") is not None else None,
+        lora_trajectory={LayerKey.parse(k): v for k, v in d["lora_trajectory"].items()}
+        if d.get("lora_trajectory") is not None else None,
+        saved_modules=tuple(SavedModule(**{**m, "status": SavedStatus(m["status"])}) for m in d["saved_modules"])
+        if d.get("saved_modules") else None,
         notes=tuple(d.get("notes", ())))
 
 
@@ -54,6 +62,6 @@ def read_record(path: str, label: str) -> dict:
                           "written by `bin/trace CLIP --json FILE` without --static-only)")
     try:
         data["runs"] = {name: run_from_dict(run) for name, run in data["runs"].items()}
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # ValueError: a word not in vocab
         raise TracerError(f"{label} {path}: a run does not match schema_version {SCHEMA_VERSION} ({e})") from None
     return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from ..module_paths import label, short
+from ..records.vocab import LoraStatus, SavedStatus
 from .sections import Section
 
 
@@ -126,28 +127,28 @@ def render_lora_diagnosis(runs: dict, diagnosis, setup=None) -> Section:
     out = [tabulate(rows, headers=["strategy", "component", *used], tablefmt="simple", disable_numparse=True)]
     for name, groups in diagnosis.dead_groups.items():
         for g in groups:
-            if g.get("by_design"):
-                out.append(f"  {short(g['pattern'])}: not run under {name} ({g['count']}) - by design: that "
+            if g.by_design:
+                out.append(f"  {short(g.pattern)}: not run under {name} ({g.count}) - by design: that "
                            "strategy runs the audio encoder alone")
                 continue
-            out.append(f"  {short(g['pattern'])}: {g['status']} under {name} ({g['count']}) - {g['cause']}"
-                       + (f"; fix: {g['hint']}" if g["hint"] else ""))
+            out.append(f"  {short(g.pattern)}: {g.status} under {name} ({g.count}) - {g.cause}"
+                       + (f"; fix: {g.hint}" if g.hint else ""))
     out += _trajectory_lines(runs, diagnosis)
     for name, run in runs.items():
         for m in run.saved_modules or ():
-            if m["status"] != "ok":
-                out.append(f"  modules_to_save {short(m['path'])} ({m['adapter']}): {m['status']} under {name} - "
-                           f"{m['cause']}" + (f"; fix: {m['hint']}" if m["hint"] else ""))
+            if m.status != SavedStatus.OK:
+                out.append(f"  modules_to_save {short(m.path)} ({m.adapter}): {m.status} under {name} - "
+                           f"{m.cause}" + (f"; fix: {m.hint}" if m.hint else ""))
     notes = {}
     for name, run in runs.items():
         for note in run.notes:
             notes.setdefault(note, []).append(name)
     out += [f"  ! {note} (under {', '.join(names)})" for note, names in notes.items()]
     untrained = any(note.startswith("untrained") for note in getattr(setup, "notes", ()))
-    if untrained and any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
+    if untrained and any(r.ok and any(x.status == LoraStatus.ZERO_INIT for x in r.lora or ()) for r in runs.values()):
         out.append("  ! zero_init here is not a fresh adapter's: the loaded adapter's lora_B are all zero, it was "
                    "saved untrained (see [LORA])")
-    elif any(r.ok and any(x.status == "zero_init" for x in r.lora or ()) for r in runs.values()):
+    elif any(r.ok and any(x.status == LoraStatus.ZERO_INIT for x in r.lora or ()) for r in runs.values()):
         out.append("  zero_init is expected on a fresh adapter: lora_B starts at 0, so lora_A's gradient is "
                    "exactly 0 until the first optimizer step")
     for group in getattr(diagnosis, "not_targeted", ()):
@@ -155,7 +156,7 @@ def render_lora_diagnosis(runs: dict, diagnosis, setup=None) -> Section:
                    "name as LoRA layers but none attached (layers_to_transform, layers_pattern or a regex left "
                    "them out): intended?")
     for tie in getattr(diagnosis, "broken_ties", ()):
-        out.append(f"  ! {tie['module']} is tied to {tie['tied_to']}, but its {tie['change']} changes it alone: the "
+        out.append(f"  ! {tie.module} is tied to {tie.tied_to}, but its {tie.change} changes it alone: the "
                    f"two stop being one matrix in training (adapt both, or neither)")
     for gap in diagnosis.requested_gaps:
         instead = f"; it uses {' / '.join(gap['use_instead'])}" if gap["use_instead"] else ""
@@ -184,8 +185,8 @@ def _trajectory_lines(runs: dict, diagnosis) -> list:
                                    "update B"], tablefmt="simple", disable_numparse=True)]
     for name, flags in getattr(diagnosis, "trajectory_flags", {}).items():
         for f in flags:
-            side = f" (lora_{f['side']})" if f["side"] else ""
-            out.append(f"  ! {short(f['path'])}{side} {f['flag'].replace('_', ' ')} under {name}")
+            side = f" (lora_{f.side})" if f.side else ""
+            out.append(f"  ! {short(f.path)}{side} {f.flag.replace('_', ' ')} under {name}")
     return out
 
 

@@ -176,7 +176,7 @@ class RunFacts:
     failed_in: str | None
     lora: tuple | None = None  # LoraLayerRecord
     lora_summary: dict | None = None
-    saved_modules: tuple | None = None  # PEFT modules_to_save copies (diagnosis.saved_modules)
+    saved_modules: tuple | None = None  # records.diagnosis.SavedModule: PEFT modules_to_save copies
     origin_unix_ns: int = 0  # wall clock at the traced pass's start (lines ranks up in Chrome traces)
     notes: tuple = ()  # one-line facts the user must read (diagnose/run_notes.py)
     labels: dict | None = None  # when labels reached the model: {"supervised_tokens", "masked_samples"}
@@ -189,7 +189,7 @@ class RunFacts:
             run["lora"] = [r.to_dict() for r in self.lora]
             run["lora_summary"] = self.lora_summary
         if self.saved_modules:
-            run["saved_modules"] = list(self.saved_modules)
+            run["saved_modules"] = [m.to_dict() for m in self.saved_modules]
         if self.labels is not None:
             run["labels"] = self.labels
         run["notes"] = list(self.notes)

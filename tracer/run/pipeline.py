@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..errors import TracerError, first_line
 from ..records.run import LoraDiagnosis
 from ..records.schema import SCHEMA_VERSION
+from .observer import Observer, Observing, as_observer  # noqa: F401 - Observer re-exported
 from .options import TraceOptions
 from ..records.vocab import RUN_FAILED, RUN_NOT_APPLICABLE, STRATEGIES
 
@@ -73,9 +74,6 @@ class TraceReport:
         return payload
 
 
-Observer = Callable[[str, TraceReport, Any], None]
-
-
 class _Draft:
     """The report while the trace makes it: the pipeline fills it, the observer and the caller get frozen
     TraceReports of it."""
@@ -93,7 +91,7 @@ class _Draft:
 
 def trace_clip(clip: str | None = None, model: Any = None, *, config: str | None = None,
                options: TraceOptions | None = None, processor: Any = None,
-               observer: Observer | None = None) -> TraceReport:
+               observer: Observing | Callable | None = None) -> TraceReport:
     """Trace ``model`` on ``clip`` as ``bin/trace`` does and return the report.
 
     Args:
@@ -102,8 +100,9 @@ def trace_clip(clip: str | None = None, model: Any = None, *, config: str | None
             object (with ``processor``, or the built-in processor is used).
         config: build a random-weight model from a config.json instead (exclusive with ``model``).
         options: TraceOptions (defaults as the CLI's).
-        observer: called as ``observer(event, report, detail)`` for each part as it is ready: "note" (the
-            text), "static", "clip", "lora", "run" (the strategy's name), "done".
+        observer: hears each part as it is ready: an ``Observer`` (run/observer.py: ``on_static(report)``,
+            ``on_run(report, strategy)``, …), or a callable ``observer(event, report, detail)`` with the events
+            "progress", "note" (the text), "static", "clip", "lora", "run" (the strategy's name), "done".
 
     Raises TracerError (one line) on bad input; a failing strategy is recorded in ``report.runs``.
     """
@@ -112,10 +111,10 @@ def trace_clip(clip: str | None = None, model: Any = None, *, config: str | None
     with warnings.catch_warnings():  # NB: scoped: the process-wide filters are the caller's
         # peft 0.21 calls a transformers API that 5.x deprecated: noise for our users, not theirs to fix
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return _trace(clip, model, config, options, processor, observer or (lambda *a: None))
+        return _trace(clip, model, config, options, processor, as_observer(observer))
 
 
-def _trace(clip, model, config, options: TraceOptions, processor, observe: Observer) -> TraceReport:
+def _trace(clip, model, config, options: TraceOptions, processor, observe: Observing) -> TraceReport:
     from ..static.discovery import static_report
     from ..load.model import input_device, resolve_device, resolve_dtype
     device = resolve_device(options.device)
@@ -137,7 +136,7 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
     elif loaded.source == "named":
         from ..load.named import banner
         _note(trace, observe, banner(loaded.directory))
-    observe("static", trace.freeze(), None)
+    observe.on_static(trace.freeze())
     if clip is None and not options.static_only:
         from ..load.assets import BUILTIN_CLIP
         clip = str(BUILTIN_CLIP)
@@ -145,15 +144,15 @@ def _trace(clip, model, config, options: TraceOptions, processor, observe: Obser
         audio, inputs = _load_inputs(clip, loaded, report, options, trace, observe)
         if inputs is not None:
             trace.clip, trace.inputs = audio, inputs
-        observe("clip", trace.freeze(), None)
+        observe.on_clip(trace.freeze())
     if not options.static_only:
         _run(trace, loaded, options, device, observe)
     final = trace.freeze()
-    observe("done", final, None)
+    observe.on_done(final)
     return final
 
 
-def _load(model, config, processor, options: TraceOptions, device, dtype, observe: Observer):
+def _load(model, config, processor, options: TraceOptions, device, dtype, observe: Observing):
     from ..load.model import LoadedModel, load_model
     if model is not None and not isinstance(model, str):
         if config is not None:
@@ -164,15 +163,15 @@ def _load(model, config, processor, options: TraceOptions, device, dtype, observ
                            on_meta)
     return load_model(model, config, device=device, dtype=dtype, static_only=options.static_only,
                       trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle,
-                      device_map=options.device_map, progress=lambda text: observe("progress", None, text))
+                      device_map=options.device_map, progress=observe.on_progress)
 
 
-def _note(trace: _Draft, observe: Observer, text: str) -> None:
+def _note(trace: _Draft, observe: Observing, text: str) -> None:
     trace.notes.append(text)
-    observe("note", trace.freeze(), text)
+    observe.on_note(trace.freeze(), text)
 
 
-def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft, observe: Observer):
+def _load_inputs(clip: str, loaded, report, options: TraceOptions, trace: _Draft, observe: Observing):
     from ..load.audio import load_clip
     from ..inputs.families import family_of, prepare_inputs, processor_from_parts
     from ..inputs.common import DEFAULT_PROMPT, DEFAULT_TARGET, feature_extractor_of, prepare_text_inputs
@@ -235,7 +234,7 @@ def _prepared(prepare, trace: _Draft, options: TraceOptions):
         return None
 
 
-def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer) -> None:
+def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observing) -> None:
     from ..diagnose.confirmation import confirm
     from ..diagnose.lora_status import dead_groups_of, trajectory_flags
     from ..static.discovery import static_report
@@ -255,7 +254,7 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
             from .parallel import broadcast_trainable
             broadcast_trainable(model)
         run_report = static_report(model)  # paths now carry PEFT's base_model.model. prefix
-        observe("lora", trace.freeze(), None)
+        observe.on_lora(trace.freeze())
     if parallel == "fsdp":
         from .parallel import shard
         shard(model, run_report)
@@ -264,7 +263,7 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observer
     names = STRATEGIES if options.strategy == "both" else (options.strategy,)
     for name in names:
         trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))
-        observe("run", trace.freeze(), name)
+        observe.on_run(trace.freeze(), name)
     if parallel is not None:
         from ..rollup.ranks import merge
         # NB: a collective per strategy, in the same order on every rank, whether or not its run succeeded

@@ -18,6 +18,7 @@ from ..collect.peak_memory import PeakMemory
 from ..module_paths import new_roots
 from ..load.quantization import values
 from .options import RunOptions  # noqa: F401 - re-exported: run_strategy(…, RunOptions(…))
+from ..records.diagnosis import LayerKey
 from ..records.run import Comparison, RunRecord, StageRecord, Timing
 from ..diagnose.judge import judged
 from ..rollup.calls import run_facts
@@ -161,7 +162,7 @@ def _traced_steps(step, model, report, options: RunOptions, device):
             collected = tracer.collected()
             facts = judged(run_facts(collected), collected, model, report.component_of)
             for r in facts.lora or () if stepping else ():
-                trajectory.setdefault(f"{r.path}|{r.adapter}", []).append(
+                trajectory.setdefault(LayerKey(r.path, r.adapter), []).append(
                     {"step": index + 1, "grad_norm_A": r.grad_norm_A, "grad_norm_B": r.grad_norm_B,
                      "update_ratio_A": r.update_ratio_A, "update_ratio_B": r.update_ratio_B})
     finally:
