@@ -235,20 +235,27 @@ def _prepared(prepare, trace: _Draft, options: TraceOptions):
 
 
 def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observing) -> None:
-    from ..diagnose.confirmation import confirm
-    from ..diagnose.lora_status import dead_groups_of, trajectory_flags
-    from ..static.discovery import static_report
+    """LoRA on, both strategies, the ranks merged, then the judgement: each a function of its own."""
     from ..collect.sharding import rank_info
-    from .strategies import compare, run_strategies
     if loaded.on_meta:
         raise TracerError("a model on the meta device has no weights to run: add --static-only")
-    report = trace.static
-    model, run_report = loaded.model, report
     info = rank_info()
     parallel = (options.parallel or "ddp") if info is not None and info["world_size"] > 1 else None
+    _attach(trace, loaded.model, options, parallel, observe)
+    run_options = replace(options, parallel=parallel)  # NB: the options object is its runs' options too
+    _run_strategies(trace, run_options, device, observe)
+    if parallel is not None:
+        _merge_ranks(trace, info, parallel)
+    _judge(trace, options)
+
+
+def _attach(trace: _Draft, model, options: TraceOptions, parallel: str | None, observe: Observing) -> None:
+    """LoRA with peft (rank 0's adapter on every rank), FSDP2 sharding; the static report the runs use."""
+    from ..static.discovery import static_report
+    run_report = trace.static
     if options.lora:
         from ..lora.attach import attach_lora
-        model, trace.lora_setup = attach_lora(model, report, targets=options.lora_targets, r=options.lora_r,
+        model, trace.lora_setup = attach_lora(model, trace.static, targets=options.lora_targets, r=options.lora_r,
                                               config_file=options.lora_config, adapter_dir=options.adapter)
         if parallel is not None:  # rank 0's adapter on every rank, as DDP would make it (FSDP2 shards it as is)
             from .parallel import broadcast_trainable
@@ -259,18 +266,30 @@ def _run(trace: _Draft, loaded, options: TraceOptions, device, observe: Observin
         from .parallel import shard
         shard(model, run_report)
     trace.model, trace.run_static = model, run_report
-    run_options = replace(options, parallel=parallel)  # NB: the options object is its runs' options too
+
+
+def _run_strategies(trace: _Draft, options: TraceOptions, device, observe: Observing) -> None:
+    from .strategies import run_strategies
     names = STRATEGIES if options.strategy == "both" else (options.strategy,)
     for name in names:
-        trace.runs.update(run_strategies(model, run_report, trace.inputs, run_options, device, which=name))
+        trace.runs.update(run_strategies(trace.model, trace.run_static, trace.inputs, options, device, which=name))
         observe.on_run(trace.freeze(), name)
-    if parallel is not None:
-        from ..rollup.ranks import merge
-        # NB: a collective per strategy, in the same order on every rank, whether or not its run succeeded
-        merged = {name: merge(run.to_dict() if run.ok else None, run_report.component_of)
-                  for name, run in trace.runs.items() if run.status != RUN_NOT_APPLICABLE}
-        trace.distributed = {**info, "parallel": parallel,
-                             **({"strategies": merged} if info["rank"] == 0 else {})}
+
+
+def _merge_ranks(trace: _Draft, info: dict, parallel: str) -> None:
+    from ..rollup.ranks import merge
+    # NB: a collective per strategy, in the same order on every rank, whether or not its run succeeded
+    merged = {name: merge(run.to_dict() if run.ok else None, trace.run_static.component_of)
+              for name, run in trace.runs.items() if run.status != RUN_NOT_APPLICABLE}
+    trace.distributed = {**info, "parallel": parallel, **({"strategies": merged} if info["rank"] == 0 else {})}
+
+
+def _judge(trace: _Draft, options: TraceOptions) -> None:
+    """The comparison, the static claims confirmed, and with LoRA the diagnosis of the whole set-up."""
+    from ..diagnose.confirmation import confirm
+    from ..diagnose.lora_status import dead_groups_of, trajectory_flags
+    from .strategies import compare
+    report, run_report = trace.static, trace.run_static
     trace.comparison = compare(trace.runs, run_report)
     trace.verdicts = confirm(run_report, trace.runs, trace.freeze().clip_record(),
                              {row.path for row in run_report.tree})
