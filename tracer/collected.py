@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 @dataclass
 class Collected:
     """What a Tracer collected: per module index its path, class and whether it is a container; per call
-    the raw slots (``_IDX`` … ``_NORMS``, times in ns); parameter gradient times; the clock used."""
+    the raw slots (``_IDX`` … ``_NORMS``, times in ns; ``_NORMS`` is None until a gradient reaches an output,
+    then the norms kept, if any); parameter gradient times; the clock used."""
     paths: list
     classes: list
     containers: list

@@ -136,7 +136,8 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
     norms = [[] for _ in range(n)]
     outputs_rg = [False] * n
     for c in collected.calls:
-        norms[c[_IDX]].extend(c[_NORMS])
+        if c[_NORMS]:
+            norms[c[_IDX]].extend(c[_NORMS])
         outputs_rg[c[_IDX]] |= c[_OUT_RG]
     records = []
     for i in range(n):
@@ -163,6 +164,11 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
             grad_output_norm=norm,
             self_backward_ms=None if own_backward[i] is None else own_backward[i] / 1e6))
     return records
+
+
+def grads_arrived(collected: Collected) -> frozenset:
+    """Paths of the modules a gradient reached at an output (whether or not its norm was kept)."""
+    return frozenset(collected.paths[c[_IDX]] for c in collected.calls if c[_NORMS] is not None)
 
 
 def autograd_off(collected: Collected) -> dict:
@@ -253,7 +259,7 @@ def run_facts(collected: Collected, model=None, component_of: dict | None = None
                 component_of = static_report(model).component_of
             lora = diagnose(model, records, calls, component_of, steps=collected.steps,
                             labels_masked=collected.labels_all_masked, autograd_off=autograd_off(collected),
-                            weights_saved=collected.weights_saved)
+                            weights_saved=collected.weights_saved, grads_arrived=grads_arrived(collected))
             facts = replace(facts, lora=tuple(lora), lora_summary=summarize(lora))
     from .run_notes import run_notes
     return replace(facts, notes=tuple(run_notes(collected, facts, model, component_of)))
