@@ -201,3 +201,18 @@ def test_backward_windows_still_cover_every_parameters_gradient(lora_tiny):
     assert len(arrived) > 20
     for path, t in arrived.items():
         assert end[path] is not None and end[path] >= t, path
+
+
+def test_the_callback_passes_the_opt_in_on():
+    from types import SimpleNamespace
+
+    from tracer.callback import TracerCallback
+    model = models.Toy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for kwargs, expected in (({}, False), ({"grad_norms": True}, True)):
+        callback = TracerCallback(steps=(1,), **kwargs)
+        callback.on_step_begin(None, SimpleNamespace(global_step=0), None, model=model, optimizer=optimizer)
+        try:
+            assert callback._tracer.grad_norms is expected
+        finally:
+            callback.close()
