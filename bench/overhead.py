@@ -79,6 +79,9 @@ def stress_model(blocks=300, width=8):
     return nn.Sequential(*[Block(width) for _ in range(blocks)])
 
 
+TIMING = dict(grad_norms=False, saved_tensors=False, memory=False)  # what the report's timed traced pass carries
+
+
 def module_calls(model, step) -> int:
     with Tracer(model, grad_norms=False, saved_tensors=False) as tr:
         step()
@@ -176,7 +179,8 @@ def bench_overhead(quick: bool) -> dict:
     batch = inputs.full
     step = lambda: model(**batch).loss  # noqa: E731
     rounds = 3 if quick else 12
-    medium = interleaved(step, model, {"untraced": Nothing, "tracer": lambda: Tracer(model),
+    medium = interleaved(step, model, {"untraced": Nothing, "floor": lambda: NoOpHooks(model),
+                                       "tracer": lambda: Tracer(model), "tracer_timing": lambda: Tracer(model, **TIMING),
                                        "profiler": profiler_context}, rounds)
     calls = module_calls(model, step)
     out["medium"] = {"module_calls": calls, **medium}
@@ -186,14 +190,14 @@ def bench_overhead(quick: bool) -> dict:
     sstep = lambda: stress(x).square().mean()  # noqa: E731
     srounds = 10 if quick else 40
     s = interleaved(sstep, stress, {"untraced": Nothing, "floor": lambda: NoOpHooks(stress),
-                                    "tracer": lambda: Tracer(stress),
-                                    "tracer_lean": lambda: Tracer(stress, grad_norms=False, saved_tensors=False),
+                                    "tracer": lambda: Tracer(stress), "tracer_timing": lambda: Tracer(stress, **TIMING),
+                                    "tracer_norms": lambda: Tracer(stress, grad_norms=True),
                                     "profiler": profiler_context}, srounds)
     scalls = module_calls(stress, sstep)
     # NB: per-call costs of µs on a noisy 2-core machine: minima are steadier than medians here
     per_call = {name: {k: (s[name][f"{k[:-3]}_min_ms"] - s["untraced"][f"{k[:-3]}_min_ms"]) * 1e3 / scalls
                        for k in ("forward_ms", "backward_ms")}
-                for name in ("floor", "tracer", "tracer_lean", "profiler")}
+                for name in ("floor", "tracer", "tracer_timing", "tracer_norms", "profiler")}
     out["stress"] = {"module_calls": scalls, **s, "added_us_per_call": per_call}
 
     # torchinfo runs the forward only, under no_grad, with its own hooks
@@ -219,7 +223,9 @@ def bench_fidelity(model, inputs, report) -> dict:
         run = run_strategy(name, model, report, inputs, RunOptions(repeats=5, warmup=1), torch.device("cpu"))
         traced = run.module(path).forward_ms
         untraced = run.latency_ms.median
+        spread = (run.latency_ms.max + run.backward_ms.max) / (run.latency_ms.median + run.backward_ms.median)
         out[name] = {"traced_stage_ms": traced, "untraced_forward_ms": untraced,
+                     "timed_pass_over_untraced": run.traced_over_untraced, "untraced_max_over_median": spread,
                      "error_pct": 100 * (traced - untraced) / untraced,
                      "self_sum_over_total": sum(m.self_forward_ms for m in run.modules if m.executed)
                      / run.total_forward_ms}
@@ -501,24 +507,32 @@ def render(r: dict) -> str:
     from tabulate import tabulate
     m, s = r["overhead"]["medium"], r["overhead"]["stress"]
     total = lambda d: d["forward_ms"] + d["backward_ms"]  # noqa: E731
-    rows = [
-        ["medium Qwen2-Audio fwd+bwd: tracer / untraced", f"{total(m['tracer']) / total(m['untraced']):.3f}×",
-         "≤ 1.05×", f"{m['module_calls']} module calls, {total(m['untraced']):.0f} ms untraced"],
-        ["medium: torch.profiler / untraced", f"{total(m['profiler']) / total(m['untraced']):.3f}×", "", ""],
-        ["medium: profiler overhead / tracer overhead", _overhead_ratio(m, total), "≥ 4×",
-         "how much more the profiler adds"],
-    ]
+    def by_min(name):  # NB: minima over the rounds: what a busy shared machine leaves steadiest
+        return m[name]["forward_min_ms"] + m[name]["backward_min_ms"]
+    rows = [[f"medium Qwen2-Audio fwd+bwd: {what} / untraced", f"{by_min(name) / by_min('untraced'):.3f}×",
+             goal, f"medians {total(m[name]) / total(m['untraced']):.3f}×" + (
+                 f"; {m['module_calls']} module calls, {by_min('untraced'):.0f} ms untraced" if name == "tracer" else "")]
+            for name, what, goal in (("tracer", "tracer (default)", "≤ 1.03×"),
+                                     ("tracer_timing", "tracer, timing only (the report's timed pass)", "≤ 1.03×"),
+                                     ("floor", "no-op hooks (floor)", ""), ("profiler", "torch.profiler", ""))]
+    rows.append(["medium: profiler overhead / tracer overhead", _overhead_ratio(m, total), "",
+                 "how much more the profiler adds (medians)"])
     per = s["added_us_per_call"]
-    for phase in ("forward_ms", "backward_ms"):
+    for phase, goal in (("forward_ms", 1.3), ("backward_ms", 1.6)):
         label = phase.split("_")[0]
-        for variant, what in (("tracer", "tracer"), ("tracer_lean", "tracer, no grad norms / saved bytes")):
+        for variant, what, bar in (("tracer", "tracer (default)", f"≤ {goal}×"),
+                                   ("tracer_timing", "tracer, timing only", f"≤ {goal}×"),
+                                   ("tracer_norms", "tracer, grad_norms=True", ""),
+                                   ("profiler", "torch.profiler", "")):
             floor = per["floor"][phase]
             ratio = f"{per[variant][phase] / floor:.2f}×" if floor > 0.05 else "floor within noise"
             rows.append([f"stress {label}: added µs per module call, {what} vs floor",
-                         f"{per[variant][phase]:.2f} vs {floor:.2f} µs = {ratio}", "≤ 2×",
-                         f"profiler {per['profiler'][phase]:.2f} µs" if variant == "tracer" else ""])
+                         f"{per[variant][phase]:.2f} vs {floor:.2f} µs = {ratio}", bar, ""])
     rows.append(["stress forward: torchinfo.summary / plain no_grad forward",
                  f"{s['torchinfo_forward_ms'] / s['plain_no_grad_forward_ms']:.1f}×", "", "forward only, no backward"])
+    for name, f in r["fidelity"].items():
+        rows.append([f"report {name}: timed traced pass / untraced fwd+bwd", f"{f['timed_pass_over_untraced']:.3f}×",
+                     "within noise", f"untraced passes: max / median {f['untraced_max_over_median']:.3f}×"])
     for name, f in r["fidelity"].items():
         stage = "audio encoder" if name == "audio_tower" else "whole model"
         rows.append([f"fidelity {name}: {stage} time in the traced pass vs untraced forward",

@@ -160,7 +160,7 @@ def test_grad_output_norm_matches_autograd():
     model(x).sum().backward()
     handle.remove()
     expected = kept["y"].grad.norm().item()
-    with Tracer(model) as tr:
+    with Tracer(model, grad_norms=True) as tr:  # opt-in: one reduction per output gradient
         model(x).sum().backward()
     assert by_path(tr.result())["second"]["grad_output_norm"] == pytest.approx(expected, rel=1e-6)
 

@@ -154,12 +154,15 @@ def test_memory_from_a_separate_pass_lands_on_calls_and_modules():
     model = Twice()
     with Tracer(model, memory=False) as tr:
         model(torch.randn(2, 4, requires_grad=True)).sum().backward()
-    memory = {("lin", 0, False): (100, 300), ("lin", 1, False): (50, 700), ("", 0, False): (150, 900)}
+    memory = {key: {"memory_delta_bytes": delta, "peak_bytes": peak, "saved_bytes": saved}
+              for key, delta, peak, saved in ((("lin", 0, False), 100, 300, 32), (("lin", 1, False), 50, 700, 32),
+                                              (("", 0, False), 150, 900, 0))}
     calls = _with_memory(tr.calls(), memory)
-    assert [(c.path, c.memory_delta_bytes, c.peak_bytes) for c in calls] == [
-        ("", 150, 900), ("lin", 100, 300), ("lin", 50, 700)]
+    assert [(c.path, c.memory_delta_bytes, c.peak_bytes, c.saved_bytes) for c in calls] == [
+        ("", 150, 900, 0), ("lin", 100, 300, 32), ("lin", 50, 700, 32)]
     modules = tuple(tr.modules())
     assert all(m.memory_delta_bytes is None for m in modules)
-    by = {m.path: m for m in _with_module_memory(modules, calls)}
-    assert (by["lin"].memory_delta_bytes, by["lin"].peak_bytes) == (100, 700)
-    assert (by[""].memory_delta_bytes, by[""].peak_bytes) == (150, 900)
+    by = {m.path: m for m in _with_module_memory(modules, calls, {"lin": 2.5, "": None})}
+    assert (by["lin"].memory_delta_bytes, by["lin"].peak_bytes, by["lin"].saved_bytes) == (100, 700, 64)
+    assert (by[""].memory_delta_bytes, by[""].peak_bytes, by[""].saved_bytes) == (150, 900, 0)
+    assert (by["lin"].grad_output_norm, by[""].grad_output_norm) == (2.5, None)

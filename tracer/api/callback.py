@@ -28,10 +28,12 @@ class TracerCallback(TrainerCallback):
     """``Trainer(..., callbacks=[TracerCallback(steps=(1, 2))])``; then ``callback.results[step]`` is the
     run record of that step (as ``Tracer.result()``). With ``output_dir`` each is also written there as
     ``trace-step{N}.json``. Under torchrun or ``accelerate launch`` every rank traces its part, and rank 0
-    alone writes, with every rank's facts merged under ``"merged"`` (``Tracer.merged()``)."""
+    alone writes, with every rank's facts merged under ``"merged"`` (``Tracer.merged()``). ``grad_norms``: keep
+    each module's output-gradient norm too (``Tracer``'s opt-in; the LoRA norms are always there)."""
 
-    def __init__(self, steps=(1,), output_dir: str | None = None):
+    def __init__(self, steps=(1,), output_dir: str | None = None, grad_norms: bool = False):
         self.steps = {int(s) for s in steps}
+        self.grad_norms = grad_norms
         self.output_dir = Path(output_dir) if output_dir else None
         self.results: dict = {}
         self._tracer: Tracer | None = None
@@ -43,7 +45,8 @@ class TracerCallback(TrainerCallback):
         if step not in self.steps or model is None:
             return
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        self._tracer, self._step = Tracer(model, optimizer=inner, memory=False, on_fault=self._fault), step
+        self._tracer, self._step = Tracer(model, optimizer=inner, memory=False, on_fault=self._fault,
+                                          grad_norms=self.grad_norms), step
         self._tracer.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -11,8 +11,12 @@ class Tracer(Collector):
 
     Args:
         model: any ``nn.Module`` (PEFT-wrapped, accelerate-dispatched, gradient-checkpointed).
-        grad_norms: keep the norm of each module's output gradient (one small reduction per output).
-        saved_tensors: attribute bytes autograd saves for backward to the innermost running module.
+        grad_norms: keep the norm of each module's output gradient (``grad_output_norm``): opt-in, one reduction
+            kernel per output in the backward. Off, a module still says whether a gradient reached it (the LoRA
+            diagnosis reads that), and the LoRA parameters' gradient norms are always read.
+        saved_tensors: attribute bytes autograd saves for backward to the innermost running module (and see a
+            LoRA layer's base weight read past it: the ``bypassed`` status). A saved-tensor hook pair the caller
+            has active still runs: ours hands each tensor on to it.
         memory: read current and peak bytes around each call: from ``memory_source`` when given (e.g. a
             tensor_memory.TensorMemory, on any device), else on CUDA from the allocator. Two reads a call:
             more than a small module's own time on a GPU, so timed passes leave it off.

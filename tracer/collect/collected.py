@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 @dataclass
 class Collected:
     """What a Tracer collected: per module index its path, class and whether it is a container; per call
-    the raw slots (``_IDX`` … ``_NORMS``, times in ns); parameter gradient times; the clock used."""
+    the raw slots (``_IDX`` … ``_NORMS``, times in ns; ``_NORMS`` is None until a gradient reaches an output,
+    then the norms kept, if any); parameter gradient times; the clock used."""
     paths: list
     classes: list
     containers: list
@@ -57,3 +58,8 @@ def autograd_off(collected: Collected) -> dict:
         out[path] = AutogradOff(paths[calls[top][_IDX]], paths[calls[parent][_IDX]] if parent >= 0 else None,
                                 collected.grad_off.get(top, "no_grad"))
     return out
+
+
+def grads_arrived(collected: Collected) -> frozenset:
+    """Paths of the modules a gradient reached at an output (whether or not its norm was kept)."""
+    return frozenset(collected.paths[c[_IDX]] for c in collected.calls if c[_NORMS] is not None)

@@ -1,5 +1,6 @@
 """Facts about a pass the Tracer asks for at rare moments, never per call: why autograd is off where a
-module's caller had it on, whether a top-level call dooms its step, whether the model is compiled."""
+module's caller had it on, whether a top-level call dooms its step, whether the model is compiled; and the
+saved-tensor hooks it sits on."""
 from __future__ import annotations
 
 import sys
@@ -54,3 +55,19 @@ def compiled_model(modules: list) -> bool:
     from torch._dynamo.eval_frame import OptimizedModule
     return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None
                for _, m in modules)
+
+
+def _unpack(tensor):
+    return tensor
+
+
+def chained_saved_hooks(pack):
+    """(pack, unpack) over the saved-tensor hooks already active: only the innermost pair runs, so ``pack``
+    sees each tensor and hands it on to the pair it shadows (a caller's save_on_cpu, TensorMemory in the
+    memory pass)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    outer = top(False) if top is not None else None
+    if outer is None:
+        return pack, _unpack
+    outer_pack, outer_unpack = outer
+    return (lambda tensor: outer_pack(pack(tensor))), outer_unpack

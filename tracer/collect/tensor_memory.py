@@ -14,6 +14,7 @@ Not seen: tensors made outside the dispatcher (``torch.from_numpy``) and memory 
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -47,6 +48,7 @@ class TensorMemory(TorchDispatchMode):
         self._storages: list = []  # [bytes, kind, step made, step freed or None, weakref] per storage
         self._live: dict = {}  # storage key -> its entry in _storages
         self._handles: list = []
+        self._untracked = 0
 
     def __enter__(self):
         from .sharding import local
@@ -79,6 +81,15 @@ class TensorMemory(TorchDispatchMode):
     def reset_peak(self) -> None:
         self._window_peak = self.current
 
+    @contextmanager
+    def untracked(self):
+        """Tensors the reader makes for itself inside (the Tracer's gradient norms) are not the model's."""
+        self._untracked += 1
+        try:
+            yield
+        finally:
+            self._untracked -= 1
+
     @property
     def peak_by_kind(self) -> dict:
         """The peak split by what each storage alive at that moment turned out to be (a gradient is known as
@@ -99,6 +110,8 @@ class TensorMemory(TorchDispatchMode):
     # -- following storages -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self._untracked:
+            return out
         inputs = None
         for item in tree_flatten(out)[0]:
             # NB: a DTensor (FSDP2) has no storage of its own: its shard's ops come through here too

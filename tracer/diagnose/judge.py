@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..collect.collected import Collected, autograd_off
+from ..collect.collected import Collected, autograd_off, grads_arrived
 from .lora_status import diagnose, lora_layers, saved_modules, summarize
 from .run_notes import run_notes
 
@@ -21,6 +21,6 @@ def judged(facts, collected: Collected, model=None, component_of: dict | None = 
                 component_of = static_report(model).component_of
             lora = diagnose(model, list(facts.modules), list(facts.calls), component_of, steps=collected.steps,
                             labels_masked=collected.labels_all_masked, autograd_off=autograd_off(collected),
-                            weights_saved=collected.weights_saved)
+                            weights_saved=collected.weights_saved, grads_arrived=grads_arrived(collected))
             facts = replace(facts, lora=tuple(lora), lora_summary=summarize(lora))
     return replace(facts, notes=tuple(run_notes(collected, facts, model, component_of)))

@@ -24,12 +24,13 @@ STATUSES = LORA_STATUSES
 
 def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict | None = None,
              labels_masked: bool = False, autograd_off: dict | None = None,
-             weights_saved: frozenset = frozenset()) -> list[LoraLayerRecord]:
+             weights_saved: frozenset = frozenset(), grads_arrived: frozenset | None = None) -> list[LoraLayerRecord]:
     """One record per LoRA layer x adapter (``modules``: the run's ModuleRecords), with a status from
     ``STATUSES``, a cause and a hint. ``steps``: what an optimizer did (collect.optimizer_watch.StepWatcher.facts()), when one
     was watched; its gradient norms stand in for ``.grad`` that ``zero_grad`` has cleared since.
     ``autograd_off``: path -> collect.collected.AutogradOff, where and how autograd was switched off above a module;
-    ``weights_saved``: LoRA layers whose base weight autograd saved for backward (read by someone)."""
+    ``weights_saved``: LoRA layers whose base weight autograd saved for backward (read by someone);
+    ``grads_arrived``: paths a gradient reached at an output (None: those with an output-gradient norm)."""
     records = {m.path: m for m in modules}
     grad_any = {}
     for call in calls:
@@ -67,7 +68,8 @@ def diagnose(model, modules: list, calls: list, component_of: dict, steps: dict 
         out.append(LoraLayerRecord(
             path=path, adapter=adapter, component=component,
             executed=bool(rec and rec.executed), grad_enabled=rec.grad_enabled if rec else None,
-            grad_arrived=rec is not None and rec.grad_output_norm is not None, grad_norm_A=norms[0], grad_norm_B=norms[1],
+            grad_arrived=rec is not None and (rec.grad_output_norm is not None if grads_arrived is None
+                                              else path in grads_arrived), grad_norm_A=norms[0], grad_norm_B=norms[1],
             grad_norm_magnitude=norms[2], lora_B_zero=b_zero, status=LoraStatus(status), cause=cause,
             hint=hint, **extra))
     return out

@@ -135,7 +135,8 @@ def module_records(collected: Collected, calls: list[CallRecord]) -> list[Module
     norms = [[] for _ in range(n)]
     outputs_rg = [False] * n
     for c in collected.calls:
-        norms[c[_IDX]].extend(c[_NORMS])
+        if c[_NORMS]:
+            norms[c[_IDX]].extend(c[_NORMS])
         outputs_rg[c[_IDX]] |= c[_OUT_RG]
     records = []
     for i in range(n):

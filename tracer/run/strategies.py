@@ -105,9 +105,9 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         memory = _memory_pass(step, model, device)
     except Exception as e:
         raise StrategyFailed(e, _locate_failure(step, model, report)) from e
-    facts, traced_ms, loss, trajectory = _traced_steps(step, model, report, options, device)
+    facts, traced_ms, loss, trajectory = _traced_steps(step, model, report, options, device, memory.weights_saved)
     calls = _with_memory(facts.calls, memory.by_call)
-    modules = _with_module_memory(facts.modules, calls)
+    modules = _with_module_memory(facts.modules, calls, memory.grad_output_norms)
     untraced_ms = statistics.median(forward) + statistics.median(backward)
     stages = stage_rollup(modules, report, model)
     return RunRecord(
@@ -133,10 +133,14 @@ def run_strategy(name: str, model, report: StaticReport, inputs, options: RunOpt
         origin_unix_ns=facts.origin_unix_ns)
 
 
-def _traced_steps(step, model, report, options: RunOptions, device):
+def _traced_steps(step, model, report, options: RunOptions, device, weights_saved: frozenset = frozenset()):
     """The traced pass, or with LoRA layers and ``options.steps`` N real AdamW steps on the same batch, each
     traced (the diagnosis is the last step's). The LoRA weights are put back afterwards, so the other
-    strategy (and the caller) start from the same adapter. Returns (facts, traced ms, loss, trajectory)."""
+    strategy (and the caller) start from the same adapter. Returns (facts, traced ms, loss, trajectory).
+
+    These passes are timed: they carry the timing hooks only. What autograd saves (``weights_saved``, the
+    LoRA layers whose base weight it kept: a fused loss) and the output-gradient norms come from the memory
+    pass."""
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     stepping = options.steps > 0 and bool(trainable) and bool(lora_layers(model))
     optimizer = torch.optim.AdamW(trainable.values(), lr=options.lr) if stepping else None
@@ -145,7 +149,8 @@ def _traced_steps(step, model, report, options: RunOptions, device):
     try:
         for index in range(options.steps if stepping else 1):
             model.zero_grad(set_to_none=True)
-            tracer = Tracer(model, component_of=report.component_of, memory=False, optimizer=optimizer)
+            tracer = Tracer(model, component_of=report.component_of, memory=False, optimizer=optimizer,
+                            grad_norms=False, saved_tensors=False)
             try:
                 with tracer:
                     t0 = time.perf_counter()
@@ -159,7 +164,7 @@ def _traced_steps(step, model, report, options: RunOptions, device):
                         optimizer.zero_grad(set_to_none=True)
             except Exception as e:
                 raise StrategyFailed(e, tracer.failed_in) from e  # the last module that ran, for the report
-            collected = tracer.collected()
+            collected = replace(tracer.collected(), weights_saved=weights_saved)
             facts = judged(run_facts(collected), collected, model, report.component_of)
             for r in facts.lora or () if stepping else ():
                 trajectory.setdefault(LayerKey(r.path, r.adapter), []).append(
@@ -177,38 +182,48 @@ class _Memory:
     peak_bytes: int
     kind: str
     split: dict  # parameters, and at the peak: activations, gradients, temporaries
-    by_call: dict  # (path, call index, recompute) -> (memory delta, peak) bytes
+    by_call: dict  # (path, call index, recompute) -> {memory_delta_bytes, peak_bytes, saved_bytes}
+    grad_output_norms: dict  # module path -> the norm of its output gradient (None: no gradient arrived)
+    weights_saved: frozenset  # LoRA layers whose base weight autograd saved (collected.Collected)
 
 
 def _memory_pass(step, model, device) -> _Memory:
     """Memory gets a traced pass of its own: following every storage (and, on CUDA, asking the allocator
     around every call) costs more than the timed passes may carry. On CUDA the peak is the allocator's; on
-    CPU, live tensor bytes. The split comes from the tensors either way."""
+    CPU, live tensor bytes. The split comes from the tensors either way. The facts that cost per tensor
+    (saved-for-backward bytes, output-gradient norms) are taken here too, off the timed passes."""
     model.zero_grad(set_to_none=True)  # or the baseline counts the last pass's gradients and the peak looks tiny
     tensors = TensorMemory(device, model)
     allocator = PeakMemory(device) if device.type == "cuda" else nullcontext()
     source = None if device.type == "cuda" else tensors  # on CUDA the Tracer asks the allocator
-    with allocator, tensors, Tracer(model, grad_norms=False, saved_tensors=False, memory_source=source) as tracer:
+    with allocator, tensors, Tracer(model, grad_norms=True, saved_tensors=True, memory_source=source) as tracer:
         loss = step()
         if loss.requires_grad:
             loss.backward()
-    by_call = {(c.path, c.call_index, c.recompute): (c.memory_delta_bytes, c.peak_bytes) for c in tracer.calls()}
+    calls = tracer.calls()
+    by_call = {(c.path, c.call_index, c.recompute): {"memory_delta_bytes": c.memory_delta_bytes,
+                                                       "peak_bytes": c.peak_bytes, "saved_bytes": c.saved_bytes}
+               for c in calls}
+    norms = {m.path: m.grad_output_norm for m in tracer.modules(calls)}
     split = {"parameters": tensors.parameters, **tensors.peak_by_kind}
+    weights_saved = tracer.collected().weights_saved
     if device.type == "cuda":
-        return _Memory(allocator.peak_bytes, allocator.kind, split, by_call)
-    return _Memory(tensors.peak, "live tensor bytes", split, by_call)
+        return _Memory(allocator.peak_bytes, allocator.kind, split, by_call, norms, weights_saved)
+    return _Memory(tensors.peak, "live tensor bytes", split, by_call, norms, weights_saved)
 
 
 def _with_memory(calls: tuple, memory_by_call: dict) -> tuple:
+    """Each call with its fields from the memory pass (memory, saved bytes), matched by path, index, replay."""
     if not memory_by_call:
         return calls
-    return tuple(replace(c, memory_delta_bytes=m[0], peak_bytes=m[1]) if (m := memory_by_call.get(
-        (c.path, c.call_index, c.recompute))) else c for c in calls)
+    return tuple(replace(c, **m) if (m := memory_by_call.get((c.path, c.call_index, c.recompute))) else c
+                 for c in calls)
 
 
-def _with_module_memory(modules: tuple, calls: tuple) -> tuple:
+def _with_module_memory(modules: tuple, calls: tuple, grad_output_norms: dict | None = None) -> tuple:
     """Module records take their memory from the calls (when they have none): the first call's delta, the
-    largest peak."""
+    largest peak; their saved bytes, every call's (replays too); their output-gradient norm from the memory
+    pass (``grad_output_norms``, by path) when given."""
     per_path: dict = {}
     for c in calls:
         per_path.setdefault(c.path, []).append(c)
@@ -219,6 +234,10 @@ def _with_module_memory(modules: tuple, calls: tuple) -> tuple:
             first = next((c for c in cs if not c.recompute), cs[0])
             m = replace(m, memory_delta_bytes=first.memory_delta_bytes,
                         peak_bytes=max((c.peak_bytes for c in cs if c.peak_bytes is not None), default=None))
+        if cs:
+            m = replace(m, saved_bytes=sum(c.saved_bytes for c in cs))
+        if grad_output_norms is not None:
+            m = replace(m, grad_output_norm=grad_output_norms.get(m.path))
         out.append(m)
     return tuple(out)
 
