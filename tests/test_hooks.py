@@ -268,3 +268,18 @@ def test_hook_module_imports_neither_diagnosis_nor_discovery(root):
             "print(sorted(n for n in sys.modules if n in ('tracer.diagnose.lora_status', 'tracer.static.discovery')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_public_hook_path_gives_the_same_facts(tiny_run, monkeypatch):
+    """Where a torch lacks the private hook dict, outputs are hooked through Tensor.register_hook: the same
+    backward facts (which modules a gradient reached), and no hook left behind."""
+    import tracer.collect.hooks as hooks
+    model, inputs, _, fast, _ = tiny_run
+    monkeypatch.setattr(hooks, "_HOOK_DICT", False)
+    with Tracer(model, grad_norms=True) as tr:
+        model(**inputs.full).loss.backward()
+    model.zero_grad(set_to_none=True)
+    public = tr.result()
+    reached = lambda run: {m["path"] for m in run["modules"] if m["backward_ms"] is not None}  # noqa: E731
+    assert reached(public) == reached(fast) and len(reached(public)) > 50
+    assert hook_counts(model) == 0

@@ -1,10 +1,9 @@
-"""Collection: the context manager that hooks every submodule, forward and backward (api.Tracer on top).
+"""Collection: the context manager that hooks every submodule, forward and backward (api/tracer.py on top).
 
 Backward facts come from tensor hooks on module outputs and inputs plus post-accumulate-grad hooks on
-parameters, never ``register_full_backward_hook``: that one breaks on in-place ops downstream and never
-fires for dict/ModelOutput outputs (pytorch#61519, #87540). The hot path only appends; shapes stay
-tuples and timestamps stay raw (ints on CPU, CUDA events on GPU) until ``result()``.
-"""
+parameters, never ``register_full_backward_hook``: it breaks on in-place ops downstream and never fires for
+dict/ModelOutput outputs (pytorch#61519, #87540). The hot path only appends; shapes stay tuples and timestamps
+raw (ints on CPU, CUDA events on GPU) until ``result()``."""
 from __future__ import annotations
 
 import sys
@@ -23,6 +22,8 @@ from .pass_facts import autograd_off_how, chained_saved_hooks, compiled_model, s
 
 _MAX_ITEMS = 32  # inputs/outputs described per call: enough for HF layers, bounded for huge tuples
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+# what Tensor.register_hook does inside, less its handle: private, so used only where this torch has it
+_HOOK_DICT = callable(getattr((torch.ones(1, requires_grad=True) * 1).grad_fn, "_register_hook_dict", None))
 
 
 def _flatten(obj, out: list, depth: int = 0) -> list:
@@ -213,7 +214,7 @@ class Collector:
         def hook_output(call, t, meta):
             entry = Output((ref(t), t._version, meta, call))
             grad_fn = t.grad_fn
-            if type(t) is Tensor and grad_fn is not None:  # what Tensor.register_hook does, less its handle
+            if _HOOK_DICT and type(t) is Tensor and grad_fn is not None:
                 hooks = t._backward_hooks
                 if hooks is None:
                     t._backward_hooks = hooks = OrderedDict()
