@@ -71,8 +71,9 @@ def test_a_strategy_run_has_every_fact_of_a_full_traced_pass(lora_tiny, name, st
         ref = want[key]
         assert (r["executed"], r["grad_enabled"], r["grad_arrived"]) == \
             (ref["executed"], ref["grad_enabled"], ref["grad_arrived"]), key
-        for side in ("grad_norm_A", "grad_norm_B"):
-            assert r[side] == pytest.approx(ref[side], rel=1e-5, abs=1e-12), (key, side)
+        for side in ("grad_norm_A", "grad_norm_B"):  # NB: pytest >= 9.2 refuses approx(None)
+            assert r[side] == (None if ref[side] is None else pytest.approx(ref[side], rel=1e-5, abs=1e-12)), \
+                (key, side)
         if steps == 0:  # with a step the optimizer's facts join the status
             assert (r["status"], r["cause"]) == (ref["status"], ref["cause"]), key
     statuses = {r["status"] for r in got.values()}
