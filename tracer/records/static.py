@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
-# -- the static report (static/discovery.py builds these) ------------------------------------------------------
-
 @dataclass(frozen=True)
 class TopLevelAttribute:
     name: str
