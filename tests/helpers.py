@@ -35,3 +35,44 @@ def hook_counts(model):
     counts += sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters()
                   if getattr(p, "_post_accumulate_grad_hooks", None))
     return counts
+
+
+FAST = ["--repeats", "1", "--warmup", "0", "--quiet"]  # one timed pass: the tests read facts, not times
+
+
+def trace_json(args, tmp_path, capsys) -> dict:
+    """bin/trace ARGS in this process with --json: exit 0 asserted, the record returned."""
+    import json
+
+    from tracer.cli.main import main
+    out = tmp_path / "report.json"
+    capsys.readouterr()  # the saves' progress bars
+    code = main([*args, "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return json.loads(out.read_text())
+
+
+def statuses(data) -> dict:
+    return {name: run["status"] for name, run in data["runs"].items()}
+
+
+def assert_both_ran_and_confirmed(data) -> None:
+    """Both strategies ran, no claim of the static report is refuted, and full_forward's LM sequence length
+    (audio tokens + prompt) is what the LM consumed."""
+    assert statuses(data) == {"audio_tower": "ok", "full_forward": "ok"}
+    assert [v for v in data["confirmation"] if v["verdict"] == "refuted"] == []
+    sequence = [v for v in data["confirmation"] if v["claim"].startswith("LM sequence")
+                and v["strategy"] == "full_forward"]
+    assert [v["verdict"] for v in sequence] == ["confirmed"]
+
+
+def set_processor_class(directory, value) -> None:
+    """The tokenizer config's processor_class set to ``value`` (None: removed)."""
+    import json
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.pop("processor_class", None)
+    if value is not None:
+        config["processor_class"] = value
+    path.write_text(json.dumps(config))

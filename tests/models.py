@@ -312,3 +312,21 @@ def kyutai_stt():
                       "num_attention_heads": 2, "num_key_value_heads": 2, "sliding_window": 4, "codebook_dim": 16,
                       "use_cache": False})
     return KyutaiSpeechToTextForConditionalGeneration(config).eval()
+
+
+# Every family's tiny checkpoint, as the CLI tests save and trace it
+CHECKPOINTS = {  # family -> builder of (model, processor or None: none ships)
+    "qwen2_audio": lambda: (builtin_model(), None),
+    "whisper": whisper_with_processor,
+    "audioflamingo3": audioflamingo3_with_processor,
+    "musicflamingo": lambda: (musicflamingo(), None),
+    "qwen2_5_omni_thinker": lambda: (qwen2_5_omni_thinker(), None),
+    "voxtral": lambda: (voxtral(), None),
+    "granite_speech": lambda: (granite_speech(), None),
+    "qwen3_asr": lambda: (qwen3_asr(), None),
+    "glm_asr": lambda: (glm_asr(), None),
+    "phi4_multimodal": lambda: (phi4_multimodal(), None),
+    "seamless_m4t_speech_to_text": lambda: (seamless_m4t_speech_to_text(), None),
+    "kyutai_stt": lambda: (kyutai_stt(), None),
+}
+EXTRA_ARGS = {"kyutai_stt": ["--target", "the encoder and the language model"]}  # one text token a codec frame

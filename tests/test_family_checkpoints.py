@@ -3,25 +3,11 @@ then `bin/trace CLIP --model DIR`. Both strategies run, the LM positions the cli
 traced full_forward consumed, no claim is refuted, and no processor is silently replaced."""
 import json
 
-import models
+from models import CHECKPOINTS, EXTRA_ARGS
 import pytest
 
 from tracer.cli.main import main
 
-CHECKPOINTS = {  # family -> builder of (model, processor or None: none ships)
-    "qwen2_audio": lambda: (models.builtin_model(), None),
-    "whisper": models.whisper_with_processor,
-    "audioflamingo3": models.audioflamingo3_with_processor,
-    "musicflamingo": lambda: (models.musicflamingo(), None),
-    "qwen2_5_omni_thinker": lambda: (models.qwen2_5_omni_thinker(), None),
-    "voxtral": lambda: (models.voxtral(), None),
-    "granite_speech": lambda: (models.granite_speech(), None),
-    "qwen3_asr": lambda: (models.qwen3_asr(), None),
-    "glm_asr": lambda: (models.glm_asr(), None),
-    "phi4_multimodal": lambda: (models.phi4_multimodal(), None),
-    "seamless_m4t_speech_to_text": lambda: (models.seamless_m4t_speech_to_text(), None),
-    "kyutai_stt": lambda: (models.kyutai_stt(), None),
-}
 # the transformers class each family needs: an older transformers 5.x lacks some (5.6: Qwen3-ASR)
 MODEL_CLASS = {"qwen2_audio": "Qwen2AudioForConditionalGeneration", "whisper": "WhisperForConditionalGeneration",
                "audioflamingo3": "AudioFlamingo3ForConditionalGeneration",
@@ -34,7 +20,6 @@ MODEL_CLASS = {"qwen2_audio": "Qwen2AudioForConditionalGeneration", "whisper": "
                "seamless_m4t_speech_to_text": "SeamlessM4TForSpeechToText",
                "kyutai_stt": "KyutaiSpeechToTextForConditionalGeneration"}
 NOT_APPLICABLE = {"kyutai_stt": "audio_tower"}  # no audio encoder: a codec front end
-EXTRA_ARGS = {"kyutai_stt": ["--target", "the encoder and the language model"]}  # one text token a codec frame
 
 
 @pytest.mark.parametrize("family", sorted(CHECKPOINTS))

@@ -7,11 +7,10 @@ it away), and the LM-token count must equal the family's own formula, written ou
 code, and what the model consumed."""
 import math
 
-import models
 import pytest
 import soundfile
 import torch
-from test_family_checkpoints import CHECKPOINTS, EXTRA_ARGS
+from models import CHECKPOINTS, EXTRA_ARGS
 
 from tracer import TraceOptions, trace_clip
 

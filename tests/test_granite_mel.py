@@ -9,11 +9,11 @@ import models
 import pytest
 import soundfile
 import torch
-from test_processor_resolution import FAST, _set_processor_class, _statuses, _trace
+from helpers import FAST, assert_both_ran_and_confirmed, set_processor_class, trace_json
 from transformers import AutoProcessor
 
 from tracer.load.granite_mel import GraniteLogMel
-from tracer.load.model import BUILTIN_MODEL_DIR
+from tracer.load.assets import BUILTIN_MODEL_DIR
 
 # Made once by tests/data/make_granite_logmel_pin.py where torchaudio installs (its docstring says how to
 # rerun it): GraniteSpeechFeatureExtractor on the shipped clip, whole (211 stacked frames) and cut to
@@ -65,7 +65,7 @@ def _save_granite_with_its_processor(directory, layout):
     preprocessor_config.json of the hub's granite-speech checkpoints."""
     models.granite_speech().save_pretrained(directory)
     AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer.save_pretrained(directory)
-    _set_processor_class(directory, "GraniteSpeechProcessor")
+    set_processor_class(directory, "GraniteSpeechProcessor")
     if layout == "processor_config":
         files = {"processor_config.json": {"audio_processor": AUDIO_PROCESSOR, "audio_token": "<|AUDIO|>",
                                            "processor_class": "GraniteSpeechProcessor"}}
@@ -84,17 +84,13 @@ def test_a_granite_checkpoint_runs_without_torchaudio_on_the_torch_log_mel(layou
     directory = tmp_path / "granite"
     _save_granite_with_its_processor(directory, layout)
     clip = f"{root}/samples/sample.wav"
-    data = _trace([clip, "--model", str(directory), *FAST], tmp_path, capsys)
-    assert _statuses(data) == {"audio_tower": "ok", "full_forward": "ok"}
-    assert [v for v in data["confirmation"] if v["verdict"] == "refuted"] == []
-    sequence = [v for v in data["confirmation"] if v["claim"].startswith("LM sequence")
-                and v["strategy"] == "full_forward"]
-    assert [v["verdict"] for v in sequence] == ["confirmed"]
+    data = trace_json([clip, "--model", str(directory), *FAST], tmp_path, capsys)
+    assert_both_ran_and_confirmed(data)
     assert (data["clip"]["mel_frames"], data["clip"]["audio_tokens"]) == (211, 45)
     assert data["notes"] == [
         "its processor (GraniteSpeechProcessor) needs torchaudio, which is not installed: its tokenizer "
         "(Qwen2Tokenizer) loaded on its own, and its GraniteSpeechFeatureExtractor's log-mel computed with torch "
         "alone, the same settings (GraniteLogMel(sampling_rate=16000, n_fft=512, win_length=400, hop_length=160, "
         "n_mels=80))"]
-    static = _trace([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
+    static = trace_json([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
     assert "clip_error" not in static and static["clip"]["audio_tokens"] == 45

@@ -14,35 +14,10 @@ from transformers import (
     SeamlessM4TFeatureExtractor,
     WhisperFeatureExtractor,
 )
-from test_family_checkpoints import CHECKPOINTS, EXTRA_ARGS
+from helpers import FAST, assert_both_ran_and_confirmed, set_processor_class, trace_json
+from models import CHECKPOINTS, EXTRA_ARGS
 
-from tracer.cli.main import main
-from tracer.load.model import BUILTIN_MODEL_DIR
-
-FAST = ["--repeats", "1", "--warmup", "0", "--quiet"]
-
-
-def _trace(args, tmp_path, capsys):
-    out = tmp_path / "report.json"
-    capsys.readouterr()  # the saves' progress bars
-    code = main([*args, "--json", str(out)])
-    err = capsys.readouterr().err
-    assert code == 0, err
-    return json.loads(out.read_text())
-
-
-def _statuses(data):
-    return {name: run["status"] for name, run in data["runs"].items()}
-
-
-def _set_processor_class(directory, value):
-    path = directory / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    config.pop("processor_class", None)
-    if value is not None:
-        config["processor_class"] = value
-    path.write_text(json.dumps(config))
-
+from tracer.load.assets import BUILTIN_MODEL_DIR
 
 # (what the tokenizer's config names, whether the chat template file stays, whether a feature extractor ships)
 OMNI_LAYOUTS = {
@@ -70,7 +45,7 @@ def test_qwen2_5_omni_thinker_with_a_tokenizer_and_an_extractor_but_no_processor
     builtin.tokenizer.save_pretrained(directory)
     if ships_extractor:
         builtin.feature_extractor.save_pretrained(directory)
-    _set_processor_class(directory, declared)
+    set_processor_class(directory, declared)
     if not keep_template:
         (directory / "chat_template.jinja").unlink()
     assert not (directory / "processor_config.json").exists()
@@ -78,12 +53,8 @@ def test_qwen2_5_omni_thinker_with_a_tokenizer_and_an_extractor_but_no_processor
         assert type(AutoProcessor.from_pretrained(directory)).__name__ == "Qwen2Tokenizer"
 
     clip = f"{root}/samples/sample.wav"
-    data = _trace([clip, "--model", str(directory), *FAST], tmp_path, capsys)
-    assert _statuses(data) == {"audio_tower": "ok", "full_forward": "ok"}
-    assert [v for v in data["confirmation"] if v["verdict"] == "refuted"] == []
-    sequence = [v for v in data["confirmation"] if v["claim"].startswith("LM sequence")
-                and v["strategy"] == "full_forward"]
-    assert [v["verdict"] for v in sequence] == ["confirmed"]
+    data = trace_json([clip, "--model", str(directory), *FAST], tmp_path, capsys)
+    assert_both_ran_and_confirmed(data)
     note = " ".join(data["notes"])
     assert "joined in a Qwen2AudioProcessor (as the qwen2_5_omni family builds its prompt" in note
     if declared:
@@ -94,7 +65,7 @@ def test_qwen2_5_omni_thinker_with_a_tokenizer_and_an_extractor_but_no_processor
                                "using the built-in one (WhisperFeatureExtractor, 128 mels) and its own tokenizer")
     assert data["clip"]["audio_tokens"] == 105
 
-    static = _trace([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
+    static = trace_json([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
     assert "clip_error" not in static and static["clip"]["audio_tokens"] == 105
 
 
@@ -119,7 +90,7 @@ def test_a_checkpoint_with_a_feature_extractor_and_no_tokenizer(family, tmp_path
     model.save_pretrained(directory)
     extractor = _extractor_of(family)
     extractor.save_pretrained(directory)
-    data = _trace([f"{root}/samples/sample.wav", "--model", str(directory), *FAST, *EXTRA_ARGS.get(family, [])],
+    data = trace_json([f"{root}/samples/sample.wav", "--model", str(directory), *FAST, *EXTRA_ARGS.get(family, [])],
                   tmp_path, capsys)
     runs = data["runs"]
     assert runs["audio_tower"]["status"] == ("not_applicable" if family == "kyutai_stt" else "ok")
@@ -160,7 +131,7 @@ def _save_phi4_with_its_processor(directory, layout):
     checkpoints). Without torchvision the image processor, hence the processor, cannot load."""
     models.phi4_multimodal().save_pretrained(directory)
     AutoProcessor.from_pretrained(BUILTIN_MODEL_DIR).tokenizer.save_pretrained(directory)
-    _set_processor_class(directory, "Phi4MultimodalProcessor")
+    set_processor_class(directory, "Phi4MultimodalProcessor")
     audio = Phi4MultimodalFeatureExtractor().to_dict()
     image = {"image_processor_type": "Phi4MultimodalImageProcessorFast", "patch_size": 14, "dynamic_hd": 36}
     if layout == "processor_config":
@@ -183,16 +154,12 @@ def test_phi4_multimodal_without_torchvision_runs_its_audio_path_from_the_tokeni
     directory = tmp_path / "phi4"
     _save_phi4_with_its_processor(directory, layout)
     clip = f"{root}/samples/sample.wav"
-    data = _trace([clip, "--model", str(directory), *FAST], tmp_path, capsys)
-    assert _statuses(data) == {"audio_tower": "ok", "full_forward": "ok"}
-    assert [v for v in data["confirmation"] if v["verdict"] == "refuted"] == []
-    sequence = [v for v in data["confirmation"] if v["claim"].startswith("LM sequence")
-                and v["strategy"] == "full_forward"]
-    assert [v["verdict"] for v in sequence] == ["confirmed"]
+    data = trace_json([clip, "--model", str(directory), *FAST], tmp_path, capsys)
+    assert_both_ran_and_confirmed(data)
     assert data["clip"]["audio_tokens"] == 53
     if not _importable("torchvision"):
         assert data["notes"] == ["its processor (Phi4MultimodalProcessor) needs torchvision, which is not installed; "
                                  "its tokenizer (Qwen2Tokenizer) and feature extractor (Phi4MultimodalFeatureExtractor) "
                                  "loaded on their own"]
-    static = _trace([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
+    static = trace_json([clip, "--model", str(directory), "--static-only", "--quiet"], tmp_path, capsys)
     assert "clip_error" not in static and static["clip"]["audio_tokens"] == 53
